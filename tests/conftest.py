@@ -1,0 +1,71 @@
+"""Shared test set-up: XLA flags before jax, float64 schedules, fixture loading."""
+import json
+import os
+import pathlib
+
+from adm_jax import xla_env  # noqa: F401  (sets XLA_FLAGS before jax is imported)
+
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = pathlib.Path(os.environ.get("ADM_JAX_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+FIXTURE_SETS = ("gd_tiny_cond", "gd_tiny_uncond")
+
+
+class FixtureSet:
+  """One reference fixture set: config, reference arrays and tolerances."""
+
+  def __init__(self, name):
+    self.name = name
+    self.dir = FIXTURES / name
+    if not self.dir.is_dir():
+      pytest.fail(f"fixture set {name} not found under {FIXTURES} (set ADM_JAX_FIXTURES)")
+    self.config = json.loads((self.dir / "config.json").read_text())
+    self.tol = json.loads((self.dir / "tolerances.json").read_text())
+    self.ref = dict(np.load(self.dir / "reference.npz"))
+    self.extra = dict(np.load(self.dir / "reference_extra.npz"))
+
+  def __getitem__(self, key):
+    return self.ref[key] if key in self.ref else self.extra[key]
+
+  def has(self, key):
+    return key in self.ref or key in self.extra
+
+  def check(self, key, mine, per_item=True):
+    """Asserts |mine - reference| within the fixture's float32 tolerance for `key`."""
+    ref = np.asarray(self[key])
+    mine = np.asarray(mine)
+    assert mine.shape == ref.shape, f"{self.name}/{key}: shape {mine.shape} != {ref.shape}"
+    tol = self.tol[key]
+    err = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
+    if per_item and "atol_per_item" in tol:
+      atol = np.asarray(tol["atol_per_item"]).reshape((-1,) + (1,) * (ref.ndim - 1))
+    else:
+      atol = tol["atol"]
+    bad = err > atol
+    assert not bad.any(), (
+        f"{self.name}/{key}: max err {err.max():.3g} (per item "
+        f"{err.reshape(err.shape[0], -1).max(1)}) > atol {np.ravel(atol)}")
+
+
+_cache = {}
+
+
+def load_fixture(name):
+  if name not in _cache:
+    _cache[name] = FixtureSet(name)
+  return _cache[name]
+
+
+@pytest.fixture(params=FIXTURE_SETS, scope="session")
+def fx(request):
+  return load_fixture(request.param)
+
+
+def nchw_to_nhwc(x):
+  return np.transpose(np.asarray(x), (0, 2, 3, 1))
+
+
+def nhwc_to_nchw(x):
+  return np.transpose(np.asarray(x), (0, 3, 1, 2))
