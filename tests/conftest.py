@@ -3,7 +3,13 @@ import json
 import os
 import pathlib
 
-from adm_jax import xla_env  # noqa: F401  (sets XLA_FLAGS before jax is imported)
+# 8 fake CPU devices for the sharding tests (set before jax is imported); tests that
+# want one device build their mesh from jax.devices()[:1].
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=8").strip()
+
+from adm_jax import xla_env  # noqa: F401,E402  (adds the CPU convolution flag)
 
 import numpy as np
 import pytest
