@@ -20,7 +20,8 @@ def model_defaults() -> ml_collections.ConfigDict:
       attention_resolutions="16,8", num_heads=4, num_head_channels=-1, num_heads_upsample=-1,
       dropout=0.0, class_cond=False, num_classes=1000, use_checkpoint=False,
       use_scale_shift_norm=True, resblock_updown=False, use_new_attention_order=False,
-      learn_sigma=False, dtype="float32"))
+      learn_sigma=False, dtype="float32",
+      small_size=0))  # > 0: a super-resolution UNet conditioned on small_size images
 
 
 def diffusion_defaults() -> ml_collections.ConfigDict:
@@ -90,3 +91,14 @@ def model_config_for_training(config) -> ml_collections.ConfigDict:
   if config.model.class_cond and config.train.p_uncond > 0:
     model_cfg.num_classes = config.model.num_classes + 1
   return model_cfg
+
+
+def from_config_file(path: str, arg=None) -> ml_collections.ConfigDict:
+  """Loads another experiment file's get_config() (configs build on each other this way)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  name = "adm_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)

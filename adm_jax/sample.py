@@ -4,6 +4,7 @@
 that runs a whole sampler loop on device; the training loop uses it for periodic
 sample grids from the EMA parameters.
 """
+import json
 import math
 import os
 from typing import Callable, Optional
@@ -85,3 +86,220 @@ def save_grid(path: str, images_uint8: np.ndarray, ncols: Optional[int] = None,
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   img.save(path)
   return path
+
+
+# ----------------------------------------------------------------------------- the sample mode
+def parse_labels(spec, num: int, num_classes: int, seed: int) -> np.ndarray:
+  """Class labels [num] from 'random', one integer ('3'), or a comma list cycled ('1,5,7')."""
+  spec = str(spec).strip()
+  if spec in ("", "random"):
+    labels = np.random.default_rng(seed).integers(0, num_classes, size=num)
+  else:
+    try:
+      values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+      raise ValueError(f"sample.labels {spec!r}: expected 'random', an integer or a list") from None
+    labels = np.resize(np.asarray(values), num)
+  bad = labels[(labels < 0) | (labels >= num_classes)]
+  if bad.size:
+    raise ValueError(f"sample.labels: label {int(bad[0])} is out of range [0, {num_classes})")
+  return labels.astype(np.int32)
+
+
+def _load_checkpoint_params(config, workdir: str, mesh, kind: str = "diffusion"):
+  """EMA (or raw) params of the latest checkpoint of a training workdir, replicated."""
+  from adm_jax import diffusion as d  # pylint: disable=g-import-not-at-top
+  from adm_jax import models  # pylint: disable=g-import-not-at-top
+  from adm_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from adm_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from adm_jax import config_base  # pylint: disable=g-import-not-at-top
+  if kind == "diffusion":
+    directory = os.path.join(workdir, "checkpoints")
+    model = models.create_model(config_base.model_config_for_training(config))
+    ema_rates = state_lib.parse_ema_rates(config.train.ema_rate)
+    cond = config.model.class_cond
+  else:
+    from adm_jax.training import classifier as clf_lib  # pylint: disable=g-import-not-at-top
+    directory = os.path.join(workdir, config.classifier.checkpoint_dir, "checkpoints")
+    if not os.path.isdir(directory):
+      directory = os.path.join(workdir, "checkpoints")
+    model = models.create_classifier(clf_lib.classifier_model_config(config))
+    ema_rates, cond = (), False
+  size, channels = config.model.image_size, config.model.in_channels
+
+  def init(key):
+    x = jnp.zeros((1, size, size, channels), jnp.float32)
+    kw = {"y": jnp.zeros((1,), jnp.int32)} if cond else {}
+    return model.init({"params": key}, x, jnp.zeros((1,), jnp.int32), train=False, **kw)["params"]
+
+  checkpointer = ckpt_lib.Checkpointer(directory, async_save=False)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint under {directory}: train first, or set "
+                            "sample.checkpoint_path to a converted checkpoint")
+  # The restore target needs the saved structure: the same optimizer and sampler as training.
+  if kind == "diffusion":
+    t = config.train
+    tx = state_lib.create_optimizer(t.lr, t.weight_decay, t.lr_anneal_steps, t.grad_clip)
+    sampler_name = config.diffusion.schedule_sampler
+  else:
+    c = config.classifier
+    tx = state_lib.create_optimizer(c.lr, c.weight_decay, c.lr_anneal_steps)
+    sampler_name = c.schedule_sampler
+  sampler = d.create_named_schedule_sampler(sampler_name, config.diffusion.diffusion_steps)
+  abstract, _ = state_lib.init_train_state(init, tx, sampler, ema_rates, 0, mesh,
+                                           abstract_only=True)
+  state = checkpointer.restore(step, abstract)
+  checkpointer.close()
+  use_ema = kind == "diffusion" and config.sample.use_ema and state.ema_params
+  params = state.ema_params[config.sample.ema_index] if use_ema else state.params
+  return model, params, step
+
+
+def _sample_dir(config, workdir):
+  out = config.sample.output_dir
+  return out if os.path.isabs(out) else os.path.join(workdir, out)
+
+
+def run(config, workdir: str) -> str:
+  """--mode=sample: N samples into the reference's npz (arr_0 uint8 NHWC, arr_1 labels) + grid.
+
+  Batches are written as they finish (part_XXXXX.npz); an interrupted run picks up at the
+  first missing part. Batch i uses key fold_in(key(seed), i), so results do not depend on
+  interruptions or on the number of devices.
+  """
+  import tqdm  # pylint: disable=g-import-not-at-top
+  from adm_jax import config_base  # pylint: disable=g-import-not-at-top
+  from adm_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  scfg = config.sample
+  mesh = shd.create_mesh(1)
+  if scfg.batch_size % jax.device_count():
+    raise ValueError(f"sample.batch_size={scfg.batch_size} must be divisible by the number of "
+                     f"devices ({jax.device_count()})")
+  model, params, step = load_model_params(config, workdir, mesh)
+  classifier_fn, classifier_params = None, None
+  if scfg.classifier_scale:
+    classifier, classifier_params = load_classifier_params(config, workdir, mesh)
+    classifier_fn = lambda p, x, t: classifier.apply({"params": p}, x, t, train=False)
+  gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, scfg.timestep_respacing))
+  shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
+  apply_fn = lambda p, x, t, y: model.apply({"params": p}, x, t, y=y, train=False)
+  sample_fn = make_sample_fn(
+      apply_fn, gd, shape, sampler=scfg.sampler, eta=scfg.eta, class_cond=config.model.class_cond,
+      cfg_scale=scfg.cfg_scale, null_label=config.model.num_classes, classifier_fn=classifier_fn,
+      classifier_scale=scfg.classifier_scale, clip_denoised=scfg.clip_denoised,
+      out_shardings=shd.replicated(mesh))
+  num_classes = config.model.num_classes
+  labels = parse_labels(scfg.labels, scfg.num_samples, num_classes, scfg.seed)
+  out_dir = _sample_dir(config, workdir)
+  os.makedirs(out_dir, exist_ok=True)
+  num_batches = -(-scfg.num_samples // scfg.batch_size)
+  base_key = jax.random.PRNGKey(scfg.seed)
+  bar = tqdm.tqdm(range(num_batches), desc="sample", unit="batch",
+                  disable=jax.process_index() != 0)
+  for i in bar:
+    part = os.path.join(out_dir, f"part_{i:05d}.npz")
+    if os.path.exists(part):
+      continue  # finished by an earlier, interrupted run
+    batch_labels = np.resize(labels[i * scfg.batch_size:(i + 1) * scfg.batch_size], scfg.batch_size)
+    local = scfg.batch_size // jax.process_count()
+    y = shd.global_batch(batch_labels[jax.process_index() * local:(jax.process_index() + 1) * local],
+                         mesh)
+    images = sample_fn(params, jax.random.fold_in(base_key, i), y, classifier_params)
+    if jax.process_index() == 0:
+      tmp = part + ".tmp.npz"
+      np.savez(tmp, arr_0=to_uint8(jax.device_get(images)), arr_1=batch_labels)
+      os.replace(tmp, part)
+  if jax.process_index() != 0:
+    return ""
+  parts = [np.load(os.path.join(out_dir, f"part_{i:05d}.npz")) for i in range(num_batches)]
+  arr_0 = np.concatenate([p["arr_0"] for p in parts])[:scfg.num_samples]
+  arr_1 = np.concatenate([p["arr_1"] for p in parts])[:scfg.num_samples]
+  name = "samples_" + "x".join(str(v) for v in arr_0.shape) + ".npz"
+  path = os.path.join(out_dir, name)
+  np.savez(path, arr_0=arr_0, arr_1=arr_1)
+  save_grid(os.path.join(out_dir, "grid.png"), arr_0[:64], scale=max(1, 128 // shape[0]))
+  with open(os.path.join(out_dir, "sample_info.json"), "w") as f:
+    json.dump({"checkpoint_step": step, "num_samples": int(arr_0.shape[0]),
+               "sampler": scfg.sampler, "timestep_respacing": scfg.timestep_respacing,
+               "classifier_scale": scfg.classifier_scale, "cfg_scale": scfg.cfg_scale,
+               "seed": scfg.seed, "npz": path}, f, indent=2)
+  for i in range(num_batches):
+    os.remove(os.path.join(out_dir, f"part_{i:05d}.npz"))
+  return path
+
+
+def load_model_params(config, workdir, mesh):
+  """(model, params, step) from sample.checkpoint_path (converted) or the workdir's latest."""
+  if config.sample.checkpoint_path:
+    from adm_jax import convert  # pylint: disable=g-import-not-at-top
+    from adm_jax import models  # pylint: disable=g-import-not-at-top
+    model_cfg, params = convert.load_converted(config.sample.checkpoint_path)
+    return models.create_model(model_cfg), params, -1
+  return _load_checkpoint_params(config, workdir, mesh, "diffusion")
+
+
+def load_classifier_params(config, workdir, mesh):
+  """(classifier, params) from sample.classifier_path: a converted checkpoint or a workdir."""
+  path = config.sample.classifier_path or workdir
+  from adm_jax import convert  # pylint: disable=g-import-not-at-top
+  from adm_jax import models  # pylint: disable=g-import-not-at-top
+  if convert.is_converted_checkpoint(path):
+    clf_cfg, params = convert.load_converted(path)
+    return models.create_classifier(clf_cfg), params
+  model, params, _ = _load_checkpoint_params(config, path, mesh, "classifier")
+  return model, params
+
+
+def run_nll(config, workdir: str) -> dict:
+  """--mode=nll: bits/dim (full variational bound, calc_bpd_loop) over a dataset split.
+
+  Uses sample.nll_batches batches of sample.batch_size images of split sample.nll_split,
+  the process of config.diffusion (its timestep_respacing, "" for the exact bound).
+  Writes <output_dir>/nll.json and returns the averages.
+  """
+  from adm_jax import config_base  # pylint: disable=g-import-not-at-top
+  from adm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from adm_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+  scfg = config.sample
+  mesh = shd.create_mesh(1)
+  model, params, step = load_model_params(config, workdir, mesh)
+  gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config))
+  cond = config.model.class_cond
+
+  @jax.jit
+  def bpd(params, images, labels, key):
+    model_fn = lambda x, t, **kw: model.apply({"params": params}, x, t,
+                                              y=labels if cond else None, train=False)
+    return diff.calc_bpd_loop(gd, model_fn, images, key=key)
+
+  batches = data_lib.create_data_iterator(
+      config.data, global_batch_size=scfg.batch_size, image_size=config.model.image_size,
+      seed=scfg.seed, start_step=0, process_index=jax.process_index(),
+      process_count=jax.process_count(), split=scfg.nll_split)
+  totals = {"total_bpd": [], "prior_bpd": [], "vb": [], "xstart_mse": [], "mse": []}
+  try:
+    for i in tqdm.trange(scfg.nll_batches, desc="nll", disable=jax.process_index() != 0):
+      batch = shd.global_batch(next(batches), mesh)
+      out = jax.device_get(bpd(params, batch["image"], batch["label"],
+                               jax.random.fold_in(jax.random.PRNGKey(scfg.seed), i)))
+      for k in totals:
+        totals[k].append(np.asarray(out[k]))
+  finally:
+    getattr(batches, "close", lambda: None)()
+  result = {"checkpoint_step": step, "split": scfg.nll_split,
+            "num_images": int(sum(len(v) for v in totals["total_bpd"])),
+            "bits_per_dim": float(np.concatenate(totals["total_bpd"]).mean()),
+            "prior_bpd": float(np.concatenate(totals["prior_bpd"]).mean()),
+            "steps": int(gd.num_timesteps)}
+  vb = np.concatenate(totals["vb"]).mean(axis=0)  # per step, column j = step T-1-j
+  result["vb_per_step_bpd"] = [float(v) for v in vb[::-1]]  # now index = step
+  if jax.process_index() == 0:
+    out_dir = _sample_dir(config, workdir)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "nll.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  print(f"NLL: {result['bits_per_dim']:.4f} bits/dim over {result['num_images']} images "
+        f"({result['steps']} steps, split {result['split']})")
+  return result

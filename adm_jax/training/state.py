@@ -55,11 +55,14 @@ def update_ema(ema_params: Tuple[Any, ...], params: Any, rates: Sequence[float])
 
 
 def init_train_state(init_params_fn, tx: optax.GradientTransformation, sampler, ema_rates,
-                     seed: int, mesh, min_fsdp_size: int = 2 ** 14) -> Tuple[TrainState, Any]:
+                     seed: int, mesh, min_fsdp_size: int = 2 ** 14,
+                     abstract_only: bool = False) -> Tuple[TrainState, Any]:
   """Builds the state directly in its sharded layout; returns (state, its shardings).
 
   init_params_fn(key) -> params. The state is first built abstractly (jax.eval_shape)
-  to get shapes, then created by one jit whose out_shardings place every leaf.
+  to get shapes, then created by one jit whose out_shardings place every leaf. With
+  abstract_only, returns the ShapeDtypeStructs (with shardings) instead, e.g. as the
+  target of a checkpoint restore, without allocating anything.
   """
 
   def make(seed_key):
@@ -76,6 +79,8 @@ def init_train_state(init_params_fn, tx: optax.GradientTransformation, sampler, 
   key = jax.random.PRNGKey(seed)
   abstract = jax.eval_shape(make, key)
   shardings = state_shardings(abstract, mesh, min_fsdp_size)
+  if abstract_only:
+    return abstract_like(abstract, shardings), shardings
   state = jax.jit(make, out_shardings=shardings)(key)
   return state, shardings
 
