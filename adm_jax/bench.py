@@ -1,0 +1,310 @@
+"""Benchmarks: `python -m adm_jax.bench --preset=cpu_quick` (prints a table, writes JSON).
+
+Measures, after warm-up, medians over repeats (block_until_ready around each call):
+  * train step (forward + backward + AdamW + EMA): seconds, images/s, compile time;
+  * sampling: seconds per denoising step inside one jitted lax.scan loop, for ancestral and
+    DDIM, unguided, classifier-guided (classifier of the same config) and classifier-free;
+  * model FLOPs per image from the compiled cost analysis (→ MFU given a peak FLOP/s);
+  * memory: the compiled train step's memory analysis for the released configurations
+    (preset `memory`), float32 / bfloat16, with and without remat.
+Presets: cpu_quick (bench32 config, batch 16, few repeats: < 5 min on 2 cores), bench32
+(more repeats), memory, or --config=FILE.py / FILE.json for any model.
+"""
+from adm_jax import xla_env  # noqa: F401  (XLA flags before jax starts)
+
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from adm_jax import config_base
+from adm_jax import diffusion as diff
+from adm_jax import guidance
+from adm_jax import models
+from adm_jax.training import state as state_lib
+from adm_jax.training import step as step_lib
+
+BENCH32 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                       "ref-harness", "configs_bench32.json")
+
+_PRESET = flags.DEFINE_string("preset", "cpu_quick", "cpu_quick | bench32 | memory")
+_CONFIG = flags.DEFINE_string("config", "", "A configs/*.py file or a reference-style JSON.")
+_BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
+_REPEATS = flags.DEFINE_integer("repeats", 0, "Timed repeats (0: the preset's).")
+_SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 0, "Steps of each timed sampling loop.")
+_DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype override: float32 | bfloat16.")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Accelerator peak TFLOP/s for MFU (0: skip).")
+_OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
+_SKIP = flags.DEFINE_list("skip", [], "Parts to skip: train, sample, guided, cfg.")
+
+PRESETS = {"cpu_quick": dict(repeats=3, sample_steps=5, warmup=1),
+           "bench32": dict(repeats=10, sample_steps=12, warmup=2),
+           "memory": dict(repeats=0, sample_steps=0, warmup=0)}
+
+
+def config_from_json(path: str) -> ml_collections.ConfigDict:
+  """A config from the reference harness's JSON (model / classifier flag dicts)."""
+  with open(path) as f:
+    raw = json.load(f)
+  c = config_base.base_config()
+  model = dict(raw["model"])
+  diffusion_keys = [k for k in model if k in c.diffusion]
+  c.diffusion.update({k: model.pop(k) for k in diffusion_keys})
+  c.model.update({k: v for k, v in model.items() if k in c.model})
+  c.classifier.update({k: v for k, v in raw.get("classifier", {}).items() if k in c.classifier})
+  return c
+
+
+def load_config(preset: str, path: str) -> ml_collections.ConfigDict:
+  if path.endswith(".json"):
+    return config_from_json(path)
+  if path:
+    return config_base.from_config_file(path)
+  if not os.path.exists(BENCH32):
+    raise FileNotFoundError(f"benchmark config {BENCH32} not found; pass --config")
+  return config_from_json(BENCH32)
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> Dict[str, float]:
+  """Median / min / max wall seconds of fn() (its result blocked on) after warm-up calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+          "n": len(times)}
+
+
+def compile_stats(jitted, *args) -> Dict[str, Any]:
+  """Trace + compile seconds, FLOPs and memory of a jitted function at these arguments."""
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  traced = time.perf_counter()
+  compiled = lowered.compile()
+  done = time.perf_counter()
+  out = {"trace_s": traced - start, "compile_s": done - traced}
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if cost and "flops" in cost:
+    out["flops"] = float(cost["flops"])
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                 "alias_size_in_bytes", "generated_code_size_in_bytes"):
+      if hasattr(mem, name):
+        out[name] = int(getattr(mem, name))
+    out["total_bytes"] = (out.get("argument_size_in_bytes", 0) + out.get("output_size_in_bytes", 0)
+                          + out.get("temp_size_in_bytes", 0) - out.get("alias_size_in_bytes", 0))
+  return out, compiled
+
+
+def build_train(config, batch: int):
+  """(jitted train step, state, batch) for a config, single device, uniform t sampler."""
+  model = models.create_model(config_base.model_config_for_training(config))
+  gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, ""))
+  sampler = diff.create_named_schedule_sampler("uniform", gd.num_timesteps)
+  tx = state_lib.create_optimizer(config.train.lr)
+  size, ch = config.model.image_size, config.model.in_channels
+  cond = config.model.class_cond
+
+  def init(key):
+    y = jnp.zeros((1,), jnp.int32) if cond else None
+    return model.init({"params": key}, jnp.zeros((1, size, size, ch)), jnp.zeros((1,), jnp.int32),
+                      y=y, train=False)["params"]
+
+  def apply_fn(params, x, t, y=None, rng=None, train=False):
+    return model.apply({"params": params}, x, t, y=y, train=False)
+
+  state = state_lib.init_train_state(init, tx, sampler, (0.9999,), 0,
+                                     _single_mesh())[0]
+  step = step_lib.make_train_step(apply_fn, gd, sampler, tx, (0.9999,), class_cond=cond)
+  rng = np.random.default_rng(0)
+  data = {"image": jnp.asarray(rng.uniform(-1, 1, (batch, size, size, ch)), jnp.float32),
+          "label": jnp.asarray(rng.integers(0, config.model.num_classes, batch), jnp.int32)}
+  return model, step, state, data
+
+
+def _single_mesh():
+  from adm_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  return shd.create_mesh(1, jax.devices()[:1])
+
+
+def bench_train(config, batch: int, repeats: int, warmup: int) -> Dict[str, Any]:
+  model, step, state, data = build_train(config, batch)
+  stats, compiled = compile_stats(step, state, data)
+  holder = {"state": state}
+
+  def one():
+    holder["state"], metrics = compiled(holder["state"], data)
+    return metrics["weighted_loss"]
+
+  result = timed(one, repeats, warmup)
+  result.update(stats)
+  result["images_per_s"] = batch / result["median_s"]
+  result["params"] = state_lib.param_count(holder["state"].params)
+  if "flops" in stats:
+    result["train_flops_per_image"] = stats["flops"] / batch
+  del model
+  return result
+
+
+def bench_sample(config, batch: int, steps: int, repeats: int, warmup: int,
+                 skip: List[str]) -> Dict[str, Any]:
+  """Seconds per denoising step of full jitted loops (ancestral / DDIM x guidance kinds)."""
+  model = models.create_model(config_base.model_config_for_training(config))
+  size, ch, cond = config.model.image_size, config.model.in_channels, config.model.class_cond
+  x0 = jnp.zeros((1, size, size, ch))
+  t0 = jnp.zeros((1,), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), x0, t0,
+                      y=jnp.zeros((1,), jnp.int32) if cond else None)["params"]
+  clf_cfg = ml_collections.ConfigDict(config.classifier.to_dict())
+  clf_cfg.image_size, clf_cfg.in_channels = size, ch
+  classifier = models.create_classifier(clf_cfg)
+  clf_params = classifier.init(jax.random.PRNGKey(1), x0, t0)["params"]
+  gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, str(steps)))
+  labels = jnp.arange(batch, dtype=jnp.int32) % config.model.num_classes
+  kinds = ["unguided"]
+  if "guided" not in skip:
+    kinds.append("classifier")
+  if "cfg" not in skip and cond:
+    kinds.append("cfg")
+  results = {}
+  for sampler in ("ddpm", "ddim"):
+    for kind in kinds:
+
+      def loop(p, cp, key, sampler=sampler, kind=kind):
+        model_fn = lambda x, t, y=None: model.apply({"params": p}, x, t, y=y if cond else None)
+        if kind == "cfg":
+          model_fn = guidance.classifier_free_model_fn(model_fn, 1.0, 0)
+        cond_fn = None
+        if kind == "classifier":
+          cond_fn = guidance.classifier_cond_fn(
+              lambda x, t: classifier.apply({"params": cp}, x, t), 1.0)
+        shape = (batch, size, size, ch)
+        kw = dict(cond_fn=cond_fn, model_kwargs={"y": labels})
+        if sampler == "ddim":
+          return diff.ddim_sample_loop(gd, model_fn, shape, key, **kw)
+        return diff.p_sample_loop(gd, model_fn, shape, key, **kw)
+
+      jitted = jax.jit(loop)
+      key = jax.random.PRNGKey(0)
+      stats, compiled = compile_stats(jitted, params, clf_params, key)
+      r = timed(lambda: compiled(params, clf_params, key), repeats, warmup)
+      r = {"s_per_step": r["median_s"] / steps, "loop_median_s": r["median_s"],
+           "steps": steps, "compile_s": stats["compile_s"], "trace_s": stats["trace_s"]}
+      if "flops" in stats:
+        r["flops_per_step_per_image"] = stats["flops"] / steps / batch
+      results[f"{sampler}_{kind}"] = r
+  return results
+
+
+RELEASED = ("imagenet64", "imagenet128", "imagenet256", "imagenet256_uncond", "imagenet512",
+            "upsample64_256", "upsample128_512")
+
+
+def bench_memory(configs_dir: str) -> List[Dict[str, Any]]:
+  """Compiled train-step memory at batch 1 for each released config, dtype and remat."""
+  rows = []
+  for name in RELEASED:
+    for dtype in ("float32", "bfloat16"):
+      for remat in (False, True):
+        config = config_base.from_config_file(os.path.join(configs_dir, name + ".py"))
+        config.model.dtype, config.model.use_checkpoint = dtype, remat
+        model, step, state, data = _abstract_train(config)
+        stats, _ = compile_stats(step, state, data)
+        gib = stats.get("total_bytes", 0) / 2 ** 30
+        rows.append({"config": name, "dtype": dtype, "remat": remat, "GiB": gib,
+                     "fits_16": gib <= 16, "fits_32": gib <= 32, "fits_80": gib <= 80,
+                     "train_flops_per_image": stats.get("flops")})
+        print(f"{name:20s} {dtype:9s} remat={remat!s:5s} {gib:8.2f} GiB", flush=True)
+        del model
+  return rows
+
+
+def _abstract_train(config):
+  """Like build_train at batch 1 but with abstract state and batch (nothing allocated)."""
+  model = models.create_model(config_base.model_config_for_training(config))
+  gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, ""))
+  sampler = diff.create_named_schedule_sampler("uniform", gd.num_timesteps)
+  tx = state_lib.create_optimizer(config.train.lr)
+  size, ch, cond = config.model.image_size, config.model.in_channels, config.model.class_cond
+  kw = {}
+  if config.model.get("small_size", 0):
+    kw["low_res"] = jnp.zeros((1, config.model.small_size, config.model.small_size, ch))
+
+  def init(key):
+    y = jnp.zeros((1,), jnp.int32) if cond else None
+    return model.init({"params": key}, jnp.zeros((1, size, size, ch)), jnp.zeros((1,), jnp.int32),
+                      y=y, train=False, **kw)["params"]
+
+  def apply_fn(params, x, t, y=None, rng=None, train=False):
+    extra = {k: jnp.zeros((x.shape[0],) + v.shape[1:]) for k, v in kw.items()}
+    return model.apply({"params": params}, x, t, y=y, train=False, **extra)
+
+  state, _ = state_lib.init_train_state(init, tx, sampler, (0.9999,), 0, _single_mesh(),
+                                        abstract_only=True)
+  step = step_lib.make_train_step(apply_fn, gd, sampler, tx, (0.9999,), class_cond=cond)
+  data = {"image": jax.ShapeDtypeStruct((1, size, size, ch), jnp.float32),
+          "label": jax.ShapeDtypeStruct((1,), jnp.int32)}
+  return model, step, state, data
+
+
+def print_table(results: Dict[str, Any]) -> None:
+  lines = ["", f"{'benchmark':34s} {'median':>12s} {'extra':>28s}"]
+  train = results.get("train")
+  if train:
+    lines.append(f"{'train step (fwd+bwd+AdamW+EMA)':34s} {train['median_s']:10.3f} s "
+                 f"{train['images_per_s']:10.1f} img/s  compile {train['compile_s']:.1f} s")
+  for name, r in results.get("sample", {}).items():
+    lines.append(f"{'sample ' + name:34s} {r['s_per_step']:10.3f} s/step "
+                 f"  loop compile {r['compile_s']:.1f} s")
+  print("\n".join(lines))
+
+
+def main(argv):
+  del argv
+  preset = PRESETS.get(_PRESET.value)
+  if preset is None:
+    raise app.UsageError(f"unknown --preset {_PRESET.value!r}; expected one of {list(PRESETS)}")
+  repeats = _REPEATS.value or preset["repeats"]
+  steps = _SAMPLE_STEPS.value or preset["sample_steps"]
+  results: Dict[str, Any] = {"preset": _PRESET.value, "backend": jax.default_backend(),
+                             "devices": [str(d) for d in jax.devices()[:1]],
+                             "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  if _PRESET.value == "memory":
+    configs_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+    results["memory"] = bench_memory(configs_dir)
+  else:
+    config = load_config(_PRESET.value, _CONFIG.value)
+    if _DTYPE.value:
+      config.model.dtype = _DTYPE.value
+    results["config"] = json.loads(config.to_json())
+    results["batch"] = _BATCH.value
+    if "train" not in _SKIP.value:
+      results["train"] = bench_train(config, _BATCH.value, repeats, preset["warmup"])
+      if _PEAK.value and "train_flops_per_image" in results["train"]:
+        achieved = results["train"]["train_flops_per_image"] * results["train"]["images_per_s"]
+        results["train"]["mfu"] = achieved / (_PEAK.value * 1e12)
+    if "sample" not in _SKIP.value:
+      results["sample"] = bench_sample(config, _BATCH.value, steps, repeats, preset["warmup"],
+                                       _SKIP.value)
+    print_table(results)
+  with open(_OUT.value, "w") as f:
+    json.dump(results, f, indent=2)
+  print(f"results written to {_OUT.value}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,230 @@
+"""Building blocks of the ADM networks (Flax Linen, NHWC).
+
+Submodule names follow the reference's state-dict names with '.' replaced by '_'
+(e.g. `in_layers_2` for `in_layers.2`), so converting a PyTorch checkpoint is a
+mechanical renaming (see adm_jax.convert). Parameters are float32; `dtype` is the
+compute dtype. GroupNorm statistics and attention softmax are always float32.
+"""
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0):
+  """Sinusoidal embedding [B, dim] = [cos(t f_k), sin(t f_k)], f_k = max_period^(-k/(dim/2)).
+
+  Computed in float32 in the reference's order of operations (t * f_k rounded once).
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+  return emb
+
+
+def conv3x3(features: int, dtype: Dtype, name: str, stride: int = 1, zero: bool = False):
+  """3x3 convolution padded by 1 on each side (torch padding=1), also for stride 2."""
+  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+                 dtype=dtype, name=name,
+                 kernel_init=nn.initializers.zeros if zero else nn.initializers.lecun_normal())
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm(32, eps 1e-5) over the last (channel) axis, statistics in float32.
+
+  Per-channel sums over the spatial axes are reduced per group and folded into one
+  per-channel scale and shift (fast on XLA:CPU). Optionally fuses the following SiLU.
+  Works on [B, ..., C] (images) and [B, C] (features).
+  """
+  num_groups: int = 32
+  eps: float = 1e-5
+  silu: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    groups = self.num_groups
+    if channels % groups:
+      raise ValueError(f"GroupNorm: {channels} channels are not divisible by {groups} groups")
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    batch = x.shape[0]
+    spatial = tuple(range(1, x.ndim - 1))
+    count = math.prod(x.shape[1:-1]) * (channels // groups)
+
+    def group_mean(per_channel_sum):  # [B, C] -> [B, C] (each group's mean broadcast back)
+      g = per_channel_sum.reshape(batch, groups, channels // groups).sum(-1) / count
+      return jnp.repeat(g, channels // groups, axis=-1)
+
+    per_channel = xf.sum(axis=spatial) if spatial else xf
+    mean = group_mean(per_channel)
+    centred = xf - mean.reshape((batch,) + (1,) * len(spatial) + (channels,))
+    sq = jnp.square(centred)
+    var = group_mean(sq.sum(axis=spatial) if spatial else sq)
+    mul = scale * jax.lax.rsqrt(var + self.eps)
+    shape = (batch,) + (1,) * len(spatial) + (channels,)
+    y = centred * mul.reshape(shape) + bias
+    if self.silu:
+      y = nn.silu(y)
+    return y.astype(self.dtype)
+
+
+def avg_pool2(x):
+  """2x2 average pooling with stride 2 (torch avg_pool2d(2))."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def nearest_up2(x):
+  b, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+  return x.reshape(b, 2 * h, 2 * w, c)
+
+
+class Downsample(nn.Module):
+  """Stride-2 3x3 conv (`op`) or, without conv, 2x2 average pooling."""
+  out_channels: int
+  use_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.use_conv:
+      return conv3x3(self.out_channels, self.dtype, "op", stride=2)(x)
+    return avg_pool2(x)
+
+
+class Upsample(nn.Module):
+  """Nearest 2x, then (optionally) a 3x3 conv (`conv`)."""
+  out_channels: int
+  use_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nearest_up2(x)
+    if self.use_conv:
+      x = conv3x3(self.out_channels, self.dtype, "conv")(x)
+    return x
+
+
+class ResBlock(nn.Module):
+  """The ADM residual block: GN-SiLU-conv, timestep embedding (AdaGN or added), GN-SiLU-dropout-conv.
+
+  up / down resample both paths between the first GN+SiLU and the first conv
+  (BigGAN style). The skip path is a 1x1 conv when the channel count changes.
+  """
+  out_channels: int
+  dropout: float = 0.0
+  use_scale_shift_norm: bool = False
+  up: bool = False
+  down: bool = False
+  deterministic: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, emb):
+    channels = x.shape[-1]
+    out = self.out_channels
+    h = GroupNorm(silu=True, dtype=self.dtype, name="in_layers_0")(x)
+    if self.up:
+      h, x = nearest_up2(h), nearest_up2(x)
+    elif self.down:
+      h, x = avg_pool2(h), avg_pool2(x)
+    h = conv3x3(out, self.dtype, "in_layers_2")(h)
+    emb_out = nn.Dense(2 * out if self.use_scale_shift_norm else out, dtype=self.dtype,
+                       name="emb_layers_1")(nn.silu(emb.astype(self.dtype)))
+    emb_out = emb_out[:, None, None, :].astype(jnp.float32)
+    if self.use_scale_shift_norm:
+      scale, shift = jnp.split(emb_out, 2, axis=-1)
+      h = GroupNorm(dtype=jnp.float32, name="out_layers_0")(h)
+      h = (h * (1 + scale) + shift).astype(self.dtype)
+      h = nn.silu(h)
+    else:
+      h = GroupNorm(silu=True, dtype=self.dtype, name="out_layers_0")(
+          (h.astype(jnp.float32) + emb_out).astype(self.dtype))
+    h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
+    h = conv3x3(out, self.dtype, "out_layers_3", zero=True)(h)
+    if out != channels:
+      x = nn.Conv(out, (1, 1), dtype=self.dtype, name="skip_connection")(x)
+    return x + h
+
+
+def split_heads(qkv, num_heads: int, new_order: bool):
+  """[B, T, 3*H*d] → q, k, v [B, H, T, d] for the legacy (h,{q,k,v},d) or new ({q,k,v},h,d) order."""
+  b, t, c3 = qkv.shape
+  d = c3 // (3 * num_heads)
+  if new_order:
+    qkv = qkv.reshape(b, t, 3, num_heads, d)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  else:
+    qkv = qkv.reshape(b, t, num_heads, 3, d)
+    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+  return tuple(jnp.transpose(a, (0, 2, 1, 3)) for a in (q, k, v))
+
+
+def attention(q, k, v):
+  """Softmax attention on heads-major [B, H, T, d]; q and k each scaled by d^(-1/4).
+
+  Logits and softmax in float32; returns [B, T, H*d] (head-major channels).
+  """
+  d = q.shape[-1]
+  scale = 1.0 / math.sqrt(math.sqrt(d))
+  logits = jnp.matmul(q * scale, jnp.swapaxes(k * scale, -1, -2),
+                      preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.matmul(weights, v)  # [B, H, T, d]
+  b, h, t, _ = out.shape
+  return jnp.transpose(out, (0, 2, 1, 3)).reshape(b, t, h * d)
+
+
+class AttentionBlock(nn.Module):
+  """Self-attention over all positions with a residual connection (`norm`, `qkv`, `proj_out`)."""
+  num_heads: int
+  use_new_attention_order: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, hh, ww, c = x.shape
+    tokens = x.reshape(b, hh * ww, c)
+    h = GroupNorm(dtype=self.dtype, name="norm")(tokens)
+    qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h)
+    q, k, v = split_heads(qkv, self.num_heads, self.use_new_attention_order)
+    h = attention(q, k, v)
+    h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(h)
+    return (tokens + h).reshape(b, hh, ww, c)
+
+
+class AttentionPool(nn.Module):
+  """CLIP-style attention pooling: the spatial mean attends over [mean, positions] → [B, out].
+
+  Positional embedding [T+1, C]; heads of `head_channels`; ({q,k,v}, head, channel) order.
+  """
+  spatial_size: int
+  head_channels: int
+  out_features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, hh, ww, c = x.shape
+    if hh != self.spatial_size or ww != self.spatial_size:
+      raise ValueError(f"attention pool built for {self.spatial_size}px maps, got {hh}x{ww}")
+    pos = self.param("positional_embedding",
+                     lambda k, s, d: jax.random.normal(k, s, d) / math.sqrt(c),
+                     (hh * ww + 1, c), jnp.float32)
+    tokens = x.reshape(b, hh * ww, c).astype(jnp.float32)
+    tokens = jnp.concatenate([tokens.mean(axis=1, keepdims=True), tokens], axis=1) + pos
+    qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv_proj")(tokens.astype(self.dtype))
+    q, k, v = split_heads(qkv, c // self.head_channels, new_order=True)
+    h = attention(q, k, v)
+    return nn.Dense(self.out_features, dtype=self.dtype, name="c_proj")(h)[:, 0]
