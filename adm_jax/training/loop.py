@@ -122,7 +122,8 @@ class Trainer:
     return data_lib.create_data_iterator(
         cfg.data, global_batch_size=cfg.train.batch_size, image_size=cfg.model.image_size,
         seed=cfg.train.seed, start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), split=split)
+        process_count=jax.process_count(), split=split,
+        num_classes=cfg.model.num_classes if cfg.model.class_cond else None)
 
   # ------------------------------------------------------------------ sample grids
   def sample_grid(self, step: int) -> Optional[str]:

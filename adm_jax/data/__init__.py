@@ -1,0 +1,71 @@
+"""Data: sources (embedded Fashion-MNIST, image folders, TFDS, arrays), reference
+preprocessing, and a deterministic resumable per-host loader.
+
+  it = data.create_data_iterator(config.data, global_batch_size=256, image_size=64, seed=0,
+                                 start_step=step, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+  batch = next(it)   # {'image': float32 [B_local, 64, 64, C] in [-1, 1], 'label': int32 [B_local]}
+"""
+import ml_collections
+
+from adm_jax.data import sources
+from adm_jax.data.loader import BatchIterator, CorruptImageError  # noqa: F401
+from adm_jax.data.preprocess import center_crop, preprocess, random_crop  # noqa: F401
+from adm_jax.data.sources import (  # noqa: F401
+    ArraySource, FASHION_MNIST_CLASSES, FolderSource, TfdsSource, read_idx)
+
+NAMES = ("fashion_mnist", "folder", "tfds", "arrays")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """Every data option with its default."""
+  return ml_collections.ConfigDict(dict(
+      name="fashion_mnist",      # fashion_mnist | folder | tfds | arrays
+      data_dir="",               # folder: the image directory; tfds: TFDS data_dir
+      tfds_name="",              # tfds: dataset name, e.g. imagenet2012, cifar10
+      train_split="train", eval_split="test",
+      image_key="image", label_key="label",
+      fashion_mnist_dir="",      # IDX files; default: Debian's, else the embedded subset
+      folder_labels="prefix",    # prefix (reference) | subdir | none
+      channels=3,                # 1 keeps grayscale; 3 converts to RGB
+      random_crop=False, random_flip=False,
+      on_corrupt="skip",         # skip (and count) | raise (with the path)
+      num_workers=4, prefetch=2, shuffle=True))
+
+
+def create_source(data_config, split: str = "train", arrays=None):
+  """The random-access source of a data config for split 'train' or 'test'."""
+  name = data_config.name
+  if name == "fashion_mnist":
+    return sources.fashion_mnist(split, data_config.get("fashion_mnist_dir", ""))
+  if name == "folder":
+    directory = data_config.data_dir
+    if split != "train" and data_config.get("eval_dir", ""):
+      directory = data_config.eval_dir
+    return sources.FolderSource(directory, data_config.folder_labels)
+  if name == "tfds":
+    if not data_config.tfds_name:
+      raise ValueError("data.name='tfds' needs data.tfds_name (e.g. imagenet2012)")
+    tfds_split = data_config.train_split if split == "train" else data_config.eval_split
+    return sources.TfdsSource(data_config.tfds_name, tfds_split, data_config.data_dir or None,
+                              data_config.image_key, data_config.label_key)
+  if name == "arrays":
+    if arrays is None:
+      raise ValueError("data.name='arrays' needs the arrays passed to create_source")
+    return sources.ArraySource(*arrays)
+  raise ValueError(f"unknown data.name {name!r}; expected one of {NAMES}")
+
+
+def create_data_iterator(data_config, *, global_batch_size: int, image_size: int, seed: int,
+                         start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                         split: str = "train", num_classes=None, source=None) -> BatchIterator:
+  """A BatchIterator over the configured source, positioned at `start_step`."""
+  source = create_source(data_config, split) if source is None else source
+  train = split == "train"
+  return BatchIterator(
+      source, global_batch_size=global_batch_size, image_size=image_size, seed=seed,
+      start_step=start_step, process_index=process_index, process_count=process_count,
+      channels=data_config.channels, random_crop=data_config.random_crop and train,
+      random_flip=data_config.random_flip and train, on_corrupt=data_config.on_corrupt,
+      num_workers=data_config.num_workers, prefetch=data_config.prefetch,
+      shuffle=data_config.shuffle, num_classes=num_classes)
