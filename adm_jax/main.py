@@ -9,6 +9,7 @@ import logging
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 MODES = ("train", "train_classifier", "sample", "eval", "nll")
@@ -17,12 +18,20 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
                                           "Experiment config file (ml-collections).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show library INFO logs (orbax, jax) too.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
+  # adm_jax's own messages at INFO; the libraries' (orbax logs every save step) at WARNING.
+  absl_logging.set_verbosity(absl_logging.INFO if _VERBOSE.value else absl_logging.WARNING)
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+  adm_logger = logging.getLogger("adm_jax")
+  adm_logger.setLevel(logging.INFO)
+  adm_logger.addHandler(handler)
+  adm_logger.propagate = False
   config = _CONFIG.value
   workdir = _WORKDIR.value
   if not workdir:

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+log = logging.getLogger(__name__)
+
 BATCH_AXES = ("data", "fsdp")
 
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
@@ -41,7 +43,7 @@ def maybe_initialize_distributed(mode: str = "auto") -> bool:
                   num_processes=int(env["JAX_NUM_PROCESSES"]),
                   process_id=int(env["JAX_PROCESS_ID"]))
   jax.distributed.initialize(**kwargs)
-  logging.info("jax.distributed: process %d of %d, %d global devices",
+  log.info("jax.distributed: process %d of %d, %d global devices",
                jax.process_index(), jax.process_count(), jax.device_count())
   return True
 

@@ -14,6 +14,14 @@ from adm_jax import xla_env  # noqa: F401,E402  (adds the CPU convolution flag)
 import numpy as np
 import pytest
 
+import jax
+
+# Many tests build the same small networks again (a resumed run re-jits its train step):
+# the persistent compilation cache turns those recompilations into cache reads.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("ADM_JAX_TEST_CACHE", "/tmp/adm_jax_test_compile_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get("ADM_JAX_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 FIXTURE_SETS = ("gd_tiny_cond", "gd_tiny_uncond")

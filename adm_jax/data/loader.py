@@ -16,6 +16,8 @@ import numpy as np
 
 from adm_jax.data import preprocess
 
+log = logging.getLogger(__name__)
+
 _REPLACEMENT_TRIES = 16
 
 
@@ -93,7 +95,7 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
           raise CorruptImageError(f"cannot read image {where}: {e}") from e
         with self._lock:
           self.num_skipped += 1
-        logging.warning("skipping unreadable image %s (%s); %d skipped so far", where, e,
+        log.warning("skipping unreadable image %s (%s); %d skipped so far", where, e,
                         self.num_skipped)
     raise CorruptImageError(f"{_REPLACEMENT_TRIES} unreadable images in a row near position "
                             f"{position}; is the dataset corrupt?")

@@ -10,6 +10,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 EMBEDDED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
 EMBEDDED_FASHION_MNIST = os.path.join(EMBEDDED_DIR, "fashion_mnist_subset.npz")
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -79,14 +81,14 @@ def fashion_mnist(split: str = "train", directory: str = "") -> ArraySource:
     images = _idx_file(candidate, f"{prefix}-images-idx3-ubyte")
     labels = _idx_file(candidate, f"{prefix}-labels-idx1-ubyte")
     if images and labels:
-      logging.info("Fashion-MNIST %s: full IDX files from %s", split, candidate)
+      log.info("Fashion-MNIST %s: full IDX files from %s", split, candidate)
       return ArraySource(read_idx(images), read_idx(labels).astype(np.int64), 10,
                          name=f"fashion_mnist:{split}")
   if directory:
     raise FileNotFoundError(f"data.fashion_mnist_dir={directory!r} holds no {prefix}-*-idx*-ubyte files")
   with np.load(EMBEDDED_FASHION_MNIST) as data:
     images, labels = data[f"{split}_images"], data[f"{split}_labels"]
-  logging.info("Fashion-MNIST %s: embedded subset (%d images); install Debian's "
+  log.info("Fashion-MNIST %s: embedded subset (%d images); install Debian's "
                "dataset-fashion-mnist for the full set", split, len(images))
   return ArraySource(images, labels.astype(np.int64), 10, name=f"fashion_mnist_subset:{split}")
 

@@ -14,6 +14,8 @@ import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger(__name__)
+
 
 class Checkpointer:
   """Thin wrapper over ocp.CheckpointManager for one workdir's train state."""
@@ -76,4 +78,4 @@ def config_mismatches(saved: Dict[str, Any], current: Dict[str, Any], sections=(
 
 
 def log_restore(step: int, directory: str) -> None:
-  logging.info("restored checkpoint of step %d from %s", step, directory)
+  log.info("restored checkpoint of step %d from %s", step, directory)

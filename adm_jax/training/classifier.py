@@ -28,6 +28,8 @@ from adm_jax.training import metrics as metrics_lib
 from adm_jax.training import state as state_lib
 from adm_jax.training import step as step_lib
 
+log = logging.getLogger(__name__)
+
 
 def classifier_model_config(config) -> ml_collections.ConfigDict:
   """The classifier flags with the image size of the experiment."""
@@ -176,7 +178,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> Dict[str,
         val_summary = {f"val_{k}": v for k, v in step_lib.summarize_metrics(host).items()}
         writer.write(done, val_summary)
         summary.update(val_summary)
-        logging.info("classifier step %d: %s", done,
+        log.info("classifier step %d: %s", done,
                      {k: round(v, 4) for k, v in val_summary.items() if "_q" not in k})
       if done % ccfg.checkpoint_every == 0 or is_last:
         checkpointer.save(done, state, meta)

@@ -27,6 +27,8 @@ from adm_jax.training import metrics as metrics_lib
 from adm_jax.training import state as state_lib
 from adm_jax.training import step as step_lib
 
+log = logging.getLogger(__name__)
+
 
 def make_apply_fn(model):
   """(params, x, t, y, rng, train) -> output, the form the train step and samplers use."""
@@ -159,7 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> Dict[str,
   start = trainer.restore_latest(checkpointer) or 0
   last_saved = checkpointer.latest_step()
   n_params = state_lib.param_count(trainer.state.params)
-  logging.info("model: %.2fM parameters; %d devices, %d processes; starting at step %d",
+  log.info("model: %.2fM parameters; %d devices, %d processes; starting at step %d",
                n_params / 1e6, jax.device_count(), jax.process_count(), start)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -174,6 +176,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> Dict[str,
     for step in range(start, cfg.num_steps):
       batch = shd.global_batch(next(batches), trainer.mesh)
       trainer.state, metrics = trainer.train_step(trainer.state, batch)
+      if history:  # wait for the previous step: keeps the bar honest, one step in flight
+        jax.block_until_ready(history[-1]["weighted_loss"])
       history.append(metrics)
       bar.update(1)
       done = step + 1
@@ -197,7 +201,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> Dict[str,
       if done % cfg.sample_every == 0 or (is_last and cfg.sample_every <= cfg.num_steps):
         path = trainer.sample_grid(done)
         if path:
-          logging.info("sample grid: %s", path)
+          log.info("sample grid: %s", path)
   finally:
     bar.close()
     close = getattr(batches, "close", None)

@@ -8,6 +8,8 @@ from typing import Any, Dict
 
 import jax
 
+log = logging.getLogger(__name__)
+
 
 class MetricWriter:
   """Writes scalars as JSON lines (`metrics.jsonl`) and, if TF is importable, to TensorBoard.
@@ -28,7 +30,7 @@ class MetricWriter:
         self._tb = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
                                                          just_logging=False)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("TensorBoard writer unavailable: %s", e)
+        log.warning("TensorBoard writer unavailable: %s", e)
 
   def write(self, step: int, scalars: Dict[str, Any]) -> None:
     if not self.enabled:

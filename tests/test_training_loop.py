@@ -1,0 +1,109 @@
+"""The training loop end to end with a tiny model on the embedded data: resume, devices, errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import jax
+
+from adm_jax import config_base
+from adm_jax import sharding as shd
+from adm_jax import training
+from adm_jax.training import metrics as metrics_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**train):
+  c = config_base.from_config_file(os.path.join(REPO, "configs", "fashion_mnist.py"))
+  c.model.update(image_size=8, num_channels=32, channel_mult="1,2", attention_resolutions="4",
+                 num_heads=1, num_res_blocks=1)
+  c.train.update(batch_size=8, num_steps=4, log_every=1, checkpoint_every=2, sample_every=10 ** 9,
+                 grid_samples=0, progress=False, async_checkpoint=False, p_uncond=0.0)
+  c.diffusion.schedule_sampler = "loss-second-moment"
+  c.data.num_workers = 2
+  c.train.update(train)
+  return c
+
+
+def losses(workdir):
+  return {r["step"]: r["weighted_loss"] for r in metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))}
+
+
+def final_params(workdir, config):
+  trainer = training.loop.Trainer(config, workdir, shd.create_mesh(1, jax.devices()[:1]))
+  ckpt = trainer.checkpointer()
+  trainer.restore_latest(ckpt)
+  ckpt.close()
+  return jax.device_get(trainer.state)
+
+
+def test_interrupted_run_resumes_bit_for_bit(tmp_path):
+  one_mesh = shd.create_mesh(1, jax.devices()[:1])
+  straight = str(tmp_path / "straight")
+  training.run(tiny_config(), straight, one_mesh)
+  resumed = str(tmp_path / "resumed")
+  training.run(tiny_config(num_steps=2), resumed, one_mesh)   # "killed" after step 2
+  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["2"]
+  training.run(tiny_config(), resumed, one_mesh)              # restarted: continues at 3
+  a, b = losses(straight), losses(resumed)
+  assert sorted(a) == [1, 2, 3, 4] and sorted(b) == [1, 2, 3, 4]
+  assert [a[s] for s in (3, 4)] == [b[s] for s in (3, 4)]     # the same losses, bit for bit
+  sa, sb = final_params(straight, tiny_config()), final_params(resumed, tiny_config())
+  for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+    np.testing.assert_array_equal(x, y)
+  assert int(sa.step) == 4 and int(sa.sampler_state.counts.sum()) == 4 * 8
+
+
+def test_restore_with_another_device_count(tmp_path):
+  workdir = str(tmp_path / "w")
+  training.run(tiny_config(num_steps=2), workdir, shd.create_mesh(1))      # 8 devices
+  training.run(tiny_config(), workdir, shd.create_mesh(1, jax.devices()[:1]))  # resumed on 1
+  reference = str(tmp_path / "ref")
+  training.run(tiny_config(), reference, shd.create_mesh(1, jax.devices()[:1]))
+  a, b = final_params(workdir, tiny_config()), final_params(reference, tiny_config())
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  workdir = str(tmp_path / "w")
+  mesh = shd.create_mesh(1, jax.devices()[:1])
+  training.run(tiny_config(num_steps=2), workdir, mesh)
+  other = tiny_config()
+  other.model.num_channels = 64
+  with pytest.raises(ValueError, match="model.num_channels: checkpoint 32 != config 64"):
+    training.run(other, workdir, mesh)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "w")
+  mesh = shd.create_mesh(1, jax.devices()[:1])
+  config = tiny_config(num_steps=6)
+  training.run(tiny_config(num_steps=2), workdir, mesh)
+  config.train.lr = 1e12  # the first steps after resuming blow the parameters up
+  config.train.log_every = 1
+  with pytest.raises(training.NonFiniteLossError, match=r"step \d+.*last good checkpoint \(step \d+\)"):
+    training.run(config, workdir, mesh)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
+  state = final_params(workdir, tiny_config())
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  assert steps[-1] < 6
+
+
+def test_sample_grid_and_config_written(tmp_path):
+  workdir = str(tmp_path / "w")
+  training.run(tiny_config(num_steps=2, sample_every=2, grid_samples=4, grid_respacing="ddim2"),
+               workdir, shd.create_mesh(1, jax.devices()[:1]))
+  assert os.path.exists(os.path.join(workdir, "samples", "grid_00000002.png"))
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["model"]["num_channels"] == 32
+  record = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))[-1]
+  for key in ("loss", "mse", "vb", "mse_q0", "grad_norm", "param_norm", "steps_per_sec", "images_per_sec"):
+    assert key in record, key
+
+
+def test_microbatch_config_validated():
+  with pytest.raises(ValueError, match="train.microbatch=3 must divide"):
+    training.loop.microbatch_count(tiny_config(microbatch=3))
