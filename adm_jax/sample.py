@@ -25,9 +25,10 @@ def make_sample_fn(apply_fn: Callable, gd: diff.GaussianDiffusion, image_shape, 
                    cfg_scale: float = 0.0, null_label: int = -1,
                    classifier_fn: Optional[Callable] = None, classifier_scale: float = 0.0,
                    clip_denoised: bool = True, out_shardings=None):
-  """A jitted sampler fn(params, key, labels[, classifier_params]) -> [B, H, W, C] float32.
+  """A jitted sampler fn(params, key, labels[, classifier_params, model_kwargs]) -> [B, H, W, C].
 
-  apply_fn(params, x, t, y) -> network output. `gd` is the (respaced) sampling process.
+  apply_fn(params, x, t, y, **model_kwargs) -> network output (model_kwargs: e.g. the
+  super-resolution model's low_res [B, h, w, C]). `gd` is the (respaced) sampling process.
   cfg_scale > 0 turns on classifier-free guidance (needs class_cond and null_label);
   classifier_fn(classifier_params, x, t) -> logits turns on classifier guidance.
   """
@@ -36,9 +37,9 @@ def make_sample_fn(apply_fn: Callable, gd: diff.GaussianDiffusion, image_shape, 
   if cfg_scale and not class_cond:
     raise ValueError("classifier-free guidance (cfg_scale > 0) needs a class-conditional model")
 
-  def run(params, key, labels, classifier_params=None):
-    def model_fn(x, t, y=None):
-      return apply_fn(params, x, t, y if class_cond else None)
+  def run(params, key, labels, classifier_params=None, model_kwargs=None):
+    def model_fn(x, t, y=None, **kw):
+      return apply_fn(params, x, t, y if class_cond else None, **kw)
     if cfg_scale:
       model_fn = guidance.classifier_free_model_fn(model_fn, cfg_scale, null_label)
     cond_fn = None
@@ -46,7 +47,8 @@ def make_sample_fn(apply_fn: Callable, gd: diff.GaussianDiffusion, image_shape, 
       cond_fn = guidance.classifier_cond_fn(
           lambda x, t: classifier_fn(classifier_params, x, t), classifier_scale)
     shape = (labels.shape[0],) + tuple(image_shape)
-    kwargs = dict(clip_denoised=clip_denoised, cond_fn=cond_fn, model_kwargs={"y": labels})
+    kwargs = dict(clip_denoised=clip_denoised, cond_fn=cond_fn,
+                  model_kwargs=dict(model_kwargs or {}, y=labels))
     if sampler == "ddim":
       return diff.ddim_sample_loop(gd, model_fn, shape, key, eta=eta, **kwargs)
     return diff.p_sample_loop(gd, model_fn, shape, key, **kwargs)

@@ -107,3 +107,12 @@ def test_sample_grid_and_config_written(tmp_path):
 def test_microbatch_config_validated():
   with pytest.raises(ValueError, match="train.microbatch=3 must divide"):
     training.loop.microbatch_count(tiny_config(microbatch=3))
+
+
+def test_super_resolution_training_runs(tmp_path):
+  config = tiny_config(num_steps=2, sample_every=2, grid_samples=2, grid_respacing="ddim2")
+  config.model.update(small_size=4)
+  training.run(config, str(tmp_path / "sr"), shd.create_mesh(1, jax.devices()[:1]))
+  record = metrics_lib.read_metrics(str(tmp_path / "sr" / "metrics.jsonl"))[-1]
+  assert np.isfinite(record["loss"])
+  assert os.path.exists(tmp_path / "sr" / "samples" / "grid_00000002.png")

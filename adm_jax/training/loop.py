@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 def make_apply_fn(model):
   """(params, x, t, y, rng, train) -> output, the form the train step and samplers use."""
 
-  def apply_fn(params, x, t, y=None, rng=None, train=False):
+  def apply_fn(params, x, t, y=None, rng=None, train=False, **kwargs):
     rngs = {"dropout": rng} if (train and rng is not None) else None
-    return model.apply({"params": params}, x, t, y=y, train=train, rngs=rngs)
+    return model.apply({"params": params}, x, t, y=y, train=train, rngs=rngs, **kwargs)
 
   return apply_fn
 
@@ -47,7 +47,11 @@ def init_params_fn(model, config):
     x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     y = jnp.zeros((1,), jnp.int32) if config.model.class_cond else None
-    return model.init({"params": key}, x, t, y=y, train=False)["params"]
+    kw = {}
+    if config.model.get("small_size", 0):
+      small = config.model.small_size
+      kw["low_res"] = jnp.zeros((1, small, small, channels), jnp.float32)
+    return model.init({"params": key}, x, t, y=y, train=False, **kw)["params"]
 
   return init
 
@@ -89,8 +93,15 @@ class Trainer:
         self.apply_fn, self.diffusion, self.sampler, self.tx, self.ema_rates,
         microbatches=microbatch_count(config), p_uncond=config.train.p_uncond,
         null_label=self.null_label, class_cond=config.model.class_cond, mesh=self.mesh,
-        state_shardings=self.state_shardings)
+        state_shardings=self.state_shardings, model_kwargs_fn=self.model_kwargs_fn())
     self._grid_fn = None
+
+  def model_kwargs_fn(self):
+    """Super-resolution models see the area-downsampled clean image as low_res."""
+    small = self.config.model.get("small_size", 0)
+    if not small:
+      return None
+    return lambda images: {"low_res": step_lib.area_downsample(images, small)}
 
   # ------------------------------------------------------------------ checkpoints
   def checkpointer(self) -> ckpt_lib.Checkpointer:
@@ -128,8 +139,11 @@ class Trainer:
         num_classes=cfg.model.num_classes if cfg.model.class_cond else None)
 
   # ------------------------------------------------------------------ sample grids
-  def sample_grid(self, step: int) -> Optional[str]:
-    """Samples a PNG grid from the slowest EMA params (classes in order when conditional)."""
+  def sample_grid(self, step: int, batch=None) -> Optional[str]:
+    """Samples a PNG grid from the slowest EMA params (classes in order when conditional).
+
+    A super-resolution model upsamples the (area-downsampled) images of `batch`.
+    """
     cfg = self.config
     n = cfg.train.grid_samples
     if n <= 0:
@@ -138,12 +152,19 @@ class Trainer:
       gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(cfg, cfg.train.grid_respacing))
       shape = (cfg.model.image_size, cfg.model.image_size, cfg.model.in_channels)
       self._grid_fn = sample_lib.make_sample_fn(
-          lambda p, x, t, y: self.apply_fn(p, x, t, y), gd, shape,
+          lambda p, x, t, y, **kw: self.apply_fn(p, x, t, y, **kw), gd, shape,
           sampler=cfg.train.grid_sampler, class_cond=cfg.model.class_cond,
           out_shardings=shd.replicated(self.mesh))
     labels = jnp.arange(n, dtype=jnp.int32) % cfg.model.num_classes
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed + 1), 0)
-    images = self._grid_fn(self.state.ema_params[-1], key, labels)
+    extra = None
+    if self.model_kwargs_fn() is not None:
+      if batch is None:
+        return None
+      n = min(n, batch["image"].shape[0])
+      labels = batch["label"][:n]
+      extra = self.model_kwargs_fn()(batch["image"][:n])
+    images = self._grid_fn(self.state.ema_params[-1], key, labels, None, extra)
     if jax.process_index() != 0:
       return None
     path = os.path.join(self.workdir, "samples", f"grid_{step:08d}.png")
@@ -199,7 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> Dict[str,
         checkpointer.save(done, trainer.state, trainer.meta())
         last_saved = done
       if done % cfg.sample_every == 0 or (is_last and cfg.sample_every <= cfg.num_steps):
-        path = trainer.sample_grid(done)
+        path = trainer.sample_grid(done, batch)
         if path:
           log.info("sample grid: %s", path)
   finally:

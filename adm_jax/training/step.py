@@ -21,6 +21,15 @@ from adm_jax.training.state import TrainState, update_ema
 NUM_QUARTILES = 4
 
 
+def area_downsample(images, size: int):
+  """[B, H, W, C] → [B, size, size, C] by averaging blocks (torch 'area' for integer factors)."""
+  b, h, w, c = images.shape
+  if h % size or w % size:
+    raise ValueError(f"cannot area-downsample {h}x{w} to {size}x{size}")
+  fh, fw = h // size, w // size
+  return images.reshape(b, size, fh, size, fw, c).mean(axis=(2, 4))
+
+
 class NonFiniteLossError(FloatingPointError):
   """A step produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
 
@@ -53,17 +62,19 @@ def make_train_step(apply_fn: Callable, diffusion: diff.GaussianDiffusion, sampl
                     tx: optax.GradientTransformation, ema_rates: Sequence[float], *,
                     microbatches: int = 1, p_uncond: float = 0.0, null_label: int = -1,
                     class_cond: bool = False, mesh=None, state_shardings=None,
-                    donate: bool = True):
+                    donate: bool = True, model_kwargs_fn: Optional[Callable] = None):
   """Returns train_step(state, batch) -> (state, metrics), jitted over the mesh.
 
-  apply_fn(params, x, t, y, rng, train) -> network output [B, H, W, C_out]. batch is
-  {'image': [B, H, W, C] in [-1, 1], 'label': [B] int32}, sharded on the batch axis.
+  apply_fn(params, x, t, y, rng, train, **kw) -> network output [B, H, W, C_out]. batch
+  is {'image': [B, H, W, C] in [-1, 1], 'label': [B] int32}, sharded on the batch axis.
+  model_kwargs_fn(images) -> extra network inputs (e.g. the super-resolution low_res).
   """
   ema_rates = tuple(ema_rates)
 
   def loss_fn(params, batch, t, weights, noise, dropout_key):
     y = batch["label"] if class_cond else None
-    model_fn = lambda x, tt, **kw: apply_fn(params, x, tt, y, dropout_key, True)
+    extra = model_kwargs_fn(batch["image"]) if model_kwargs_fn else {}
+    model_fn = lambda x, tt, **kw: apply_fn(params, x, tt, y, dropout_key, True, **extra)
     terms = diffusion.training_losses(model_fn, batch["image"], t, noise)
     loss = jnp.mean(terms["loss"] * weights)
     return loss, terms
