@@ -22,8 +22,8 @@ def get_config(variant: str = ""):
   c.diffusion.update(diffusion_steps=1000, noise_schedule="cosine",
                      schedule_sampler="uniform")
   c.data.update(name="fashion_mnist", channels=1, random_flip=False)
-  c.train.update(batch_size=32, lr=2e-4, num_steps=6000, ema_rate="0.999",
-                 log_every=50, checkpoint_every=1000, sample_every=1000, grid_samples=20,
+  c.train.update(batch_size=32, lr=3e-4, num_steps=2500, ema_rate="0.999",
+                 log_every=50, checkpoint_every=500, sample_every=500, grid_samples=20,
                  grid_respacing="ddim50", p_uncond=0.1)
   c.classifier.update(classifier_width=32, classifier_depth=1, channel_mult="1,2,2",
                       classifier_attention_resolutions="8", classifier_pool="attention",
