@@ -179,23 +179,40 @@ def run(config, workdir: str) -> str:
     raise ValueError(f"sample.batch_size={scfg.batch_size} must be divisible by the number of "
                      f"devices ({jax.device_count()})")
   model, params, step = load_model_params(config, workdir, mesh)
+  config = config_with_checkpoint_flags(config)
   classifier_fn, classifier_params = None, None
   if scfg.classifier_scale:
     classifier, classifier_params = load_classifier_params(config, workdir, mesh)
     classifier_fn = lambda p, x, t: classifier.apply({"params": p}, x, t, train=False)
   gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, scfg.timestep_respacing))
   shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
-  apply_fn = lambda p, x, t, y: model.apply({"params": p}, x, t, y=y, train=False)
+  apply_fn = lambda p, x, t, y, **kw: model.apply({"params": p}, x, t, y=y, train=False, **kw)
   sample_fn = make_sample_fn(
       apply_fn, gd, shape, sampler=scfg.sampler, eta=scfg.eta, class_cond=config.model.class_cond,
       cfg_scale=scfg.cfg_scale, null_label=config.model.num_classes, classifier_fn=classifier_fn,
       classifier_scale=scfg.classifier_scale, clip_denoised=scfg.clip_denoised,
       out_shardings=shd.replicated(mesh))
   num_classes = config.model.num_classes
-  labels = parse_labels(scfg.labels, scfg.num_samples, num_classes, scfg.seed)
+  num_samples = scfg.num_samples
+  low_res_all = None
+  if config.model.get("small_size", 0):
+    # Two-stage sampling: upsample base samples (reference npz layout) with their labels.
+    if not scfg.base_samples:
+      raise ValueError("a super-resolution model samples from base images: set "
+                       "sample.base_samples to an npz of base samples (arr_0, arr_1)")
+    with np.load(scfg.base_samples) as base:
+      low_res_all = base["arr_0"].astype(np.float32) / 127.5 - 1.0
+      base_labels = base["arr_1"] if "arr_1" in base.files else np.zeros(len(low_res_all), np.int32)
+    if low_res_all.shape[1] != config.model.small_size:
+      raise ValueError(f"base samples are {low_res_all.shape[1]}px, the model upsamples "
+                       f"{config.model.small_size}px images")
+    num_samples = min(num_samples, len(low_res_all))
+    labels = base_labels[:num_samples].astype(np.int32)
+  else:
+    labels = parse_labels(scfg.labels, num_samples, num_classes, scfg.seed)
   out_dir = _sample_dir(config, workdir)
   os.makedirs(out_dir, exist_ok=True)
-  num_batches = -(-scfg.num_samples // scfg.batch_size)
+  num_batches = -(-num_samples // scfg.batch_size)
   base_key = jax.random.PRNGKey(scfg.seed)
   bar = tqdm.tqdm(range(num_batches), desc="sample", unit="batch",
                   disable=jax.process_index() != 0)
@@ -207,7 +224,12 @@ def run(config, workdir: str) -> str:
     local = scfg.batch_size // jax.process_count()
     y = shd.global_batch(batch_labels[jax.process_index() * local:(jax.process_index() + 1) * local],
                          mesh)
-    images = sample_fn(params, jax.random.fold_in(base_key, i), y, classifier_params)
+    extra = None
+    if low_res_all is not None:
+      rows = np.minimum(np.arange(i * scfg.batch_size, (i + 1) * scfg.batch_size), num_samples - 1)
+      local_rows = rows[jax.process_index() * local:(jax.process_index() + 1) * local]
+      extra = {"low_res": shd.global_batch(low_res_all[local_rows], mesh)}
+    images = sample_fn(params, jax.random.fold_in(base_key, i), y, classifier_params, extra)
     if jax.process_index() == 0:
       tmp = part + ".tmp.npz"
       np.savez(tmp, arr_0=to_uint8(jax.device_get(images)), arr_1=batch_labels)
@@ -215,8 +237,8 @@ def run(config, workdir: str) -> str:
   if jax.process_index() != 0:
     return ""
   parts = [np.load(os.path.join(out_dir, f"part_{i:05d}.npz")) for i in range(num_batches)]
-  arr_0 = np.concatenate([p["arr_0"] for p in parts])[:scfg.num_samples]
-  arr_1 = np.concatenate([p["arr_1"] for p in parts])[:scfg.num_samples]
+  arr_0 = np.concatenate([p["arr_0"] for p in parts])[:num_samples]
+  arr_1 = np.concatenate([p["arr_1"] for p in parts])[:num_samples]
   name = "samples_" + "x".join(str(v) for v in arr_0.shape) + ".npz"
   path = os.path.join(out_dir, name)
   np.savez(path, arr_0=arr_0, arr_1=arr_1)
@@ -229,6 +251,29 @@ def run(config, workdir: str) -> str:
   for i in range(num_batches):
     os.remove(os.path.join(out_dir, f"part_{i:05d}.npz"))
   return path
+
+
+def config_with_checkpoint_flags(config):
+  """The config with model/diffusion flags taken from sample.checkpoint_path's converted
+  checkpoint (its flags describe the network; the config may be a generic one)."""
+  if not config.sample.checkpoint_path:
+    return config
+  from adm_jax import convert  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(config.sample.checkpoint_path, convert.META_FILE)) as f:
+    flags = json.load(f)["flags"]
+  config = ml_collections.ConfigDict(config.to_dict())
+  if "large_size" in flags:
+    flags = dict(flags, image_size=flags["large_size"])
+  for key, value in flags.items():
+    if key in config.model:
+      config.model[key] = value
+    if key in config.diffusion:
+      config.diffusion[key] = value
+  config.model.class_cond = bool(flags.get("class_cond", False))
+  config.model.in_channels = int(flags.get("in_channels", 3))
+  config.model.num_classes = int(flags.get("num_classes", 1000))
+  return config
 
 
 def load_model_params(config, workdir, mesh):
