@@ -102,3 +102,15 @@ def from_config_file(path: str, arg=None) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config() if arg is None else module.get_config(arg)
+
+
+def imagenet_classifier_config(base_file: str, depth: int) -> ml_collections.ConfigDict:
+  """An experiment's config with the reference's ImageNet classifier and its training recipe
+  (AdamW lr 3e-4, weight decay 0.05, linear anneal over 300K steps, batch 256, noised inputs)."""
+  c = from_config_file(base_file)
+  c.classifier.update(classifier_depth=depth, classifier_width=128,
+                      classifier_attention_resolutions="32,16,8", classifier_pool="attention",
+                      classifier_resblock_updown=True, classifier_use_scale_shift_norm=True,
+                      batch_size=256, lr=3e-4, weight_decay=0.05, iterations=300000,
+                      lr_anneal_steps=300000, noised=True)
+  return c

@@ -163,7 +163,7 @@ def _sample_dir(config, workdir):
   return out if os.path.isabs(out) else os.path.join(workdir, out)
 
 
-def run(config, workdir: str) -> str:
+def run(config, workdir: str, mesh=None) -> str:
   """--mode=sample: N samples into the reference's npz (arr_0 uint8 NHWC, arr_1 labels) + grid.
 
   Batches are written as they finish (part_XXXXX.npz); an interrupted run picks up at the
@@ -174,10 +174,10 @@ def run(config, workdir: str) -> str:
   from adm_jax import config_base  # pylint: disable=g-import-not-at-top
   from adm_jax import sharding as shd  # pylint: disable=g-import-not-at-top
   scfg = config.sample
-  mesh = shd.create_mesh(1)
-  if scfg.batch_size % jax.device_count():
+  mesh = mesh or shd.create_mesh(1)
+  if scfg.batch_size % mesh.size:
     raise ValueError(f"sample.batch_size={scfg.batch_size} must be divisible by the number of "
-                     f"devices ({jax.device_count()})")
+                     f"devices ({mesh.size})")
   model, params, step = load_model_params(config, workdir, mesh)
   config = config_with_checkpoint_flags(config)
   classifier_fn, classifier_params = None, None
@@ -298,7 +298,7 @@ def load_classifier_params(config, workdir, mesh):
   return model, params
 
 
-def run_nll(config, workdir: str) -> dict:
+def run_nll(config, workdir: str, mesh=None) -> dict:
   """--mode=nll: bits/dim (full variational bound, calc_bpd_loop) over a dataset split.
 
   Uses sample.nll_batches batches of sample.batch_size images of split sample.nll_split,
@@ -310,7 +310,7 @@ def run_nll(config, workdir: str) -> dict:
   from adm_jax import sharding as shd  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
   scfg = config.sample
-  mesh = shd.create_mesh(1)
+  mesh = mesh or shd.create_mesh(1)
   model, params, step = load_model_params(config, workdir, mesh)
   gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config))
   cond = config.model.class_cond

@@ -12,11 +12,5 @@ from adm_jax import config_base
 
 
 def get_config():
-  c = config_base.from_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                "imagenet128.py"))
-  c.classifier.update(classifier_depth=2, classifier_width=128,
-                      classifier_attention_resolutions="32,16,8", classifier_pool="attention",
-                      classifier_resblock_updown=True, classifier_use_scale_shift_norm=True,
-                      batch_size=256, lr=3e-4, weight_decay=0.05, iterations=300000,
-                      lr_anneal_steps=300000, noised=True)
-  return c
+  here = os.path.dirname(os.path.abspath(__file__))
+  return config_base.imagenet_classifier_config(os.path.join(here, "imagenet128.py"), depth=2)
