@@ -20,7 +20,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from adm_jax.data import preprocess, sources  # noqa: E402
+from adm_jax.data import sources  # noqa: E402
+from adm_jax.data.preprocess import preprocess as preprocess_image  # noqa: E402
 from adm_jax.evaluation import feature_net  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def load_split(split, directory):
   src = sources.fashion_mnist(split, directory)
   if "subset" in src.name:
     raise SystemExit("the full Fashion-MNIST IDX files are needed (apt-get install dataset-fashion-mnist)")
-  images = np.stack([preprocess.preprocess(src.images[i], 32, channels=1) for i in range(len(src))])
+  images = np.stack([preprocess_image(src.images[i], 32, channels=1) for i in range(len(src))])
   return images, src.labels.astype(np.int32)
 
 
