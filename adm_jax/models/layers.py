@@ -1,12 +1,9 @@
 """Building blocks of the ADM networks (Flax Linen, NHWC).
 
-Submodules are named after the reference's state-dict entries with '.' replaced by
-'_' (`in_layers_2` holds `in_layers.2.*`), so that converting a PyTorch checkpoint is
-a renaming plus layout changes (see `adm_jax.convert`).
-
-Parameters are always float32; `dtype` is the compute dtype (float32 or bfloat16).
-GroupNorm statistics, the attention softmax and the timestep embedding are float32
-whatever `dtype` is.
+Submodule names follow the reference's state-dict names with '.' replaced by '_'
+(e.g. `in_layers_2` for `in_layers.2`), so converting a PyTorch checkpoint is a
+mechanical renaming (see adm_jax.convert). Parameters are float32; `dtype` is the
+compute dtype. GroupNorm statistics and attention softmax are always float32.
 """
 import math
 from typing import Any, Optional
@@ -18,49 +15,33 @@ import jax.numpy as jnp
 Dtype = Any
 
 
-def timestep_embedding(t, dim: int, max_period: float = 10000.0) -> jax.Array:
-  """Sinusoidal embedding of timesteps.
+def timestep_embedding(t, dim: int, max_period: float = 10000.0):
+  """Sinusoidal embedding [B, dim] = [cos(t f_k), sin(t f_k)], f_k = max_period^(-k/(dim/2)).
 
-  Args:
-    t: [B] timesteps, integer or float, used as given.
-    dim: embedding width (the UNet's `model_channels`).
-    max_period: the longest period, 10000 as in the reference.
-
-  Returns:
-    [B, dim] float32 `[cos(t f_k), sin(t f_k)]` with `f_k = max_period^(-k / (dim // 2))`;
-    the angle `t * f_k` is rounded once in float32, as the reference does. An odd `dim`
-    gets a zero last column.
+  Computed in float32 in the reference's order of operations (t * f_k rounded once).
   """
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  angles = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
-  emb = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if dim % 2:
-    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
   return emb
 
 
-def conv3x3(features: int, dtype: Dtype, name: str, stride: int = 1,
-            zero_init: bool = False) -> nn.Conv:
-  """3x3 convolution with one pixel of zero padding per side (also for stride 2)."""
-  init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
+def conv3x3(features: int, dtype: Dtype, name: str, stride: int = 1, zero: bool = False):
+  """3x3 convolution padded by 1 on each side (torch padding=1), also for stride 2."""
   return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                 dtype=dtype, kernel_init=init, name=name)
+                 dtype=dtype, name=name,
+                 kernel_init=nn.initializers.zeros if zero else nn.initializers.lecun_normal())
 
 
 class GroupNorm(nn.Module):
-  """GroupNorm over the last (channel) axis, statistics in float32.
+  """GroupNorm(32, eps 1e-5) over the last (channel) axis, statistics in float32.
 
-  Per-channel sums of x and x^2 over the spatial axes are reduced per group and folded
-  into one per-channel scale and shift (a single pass, fast on XLA:CPU). An optional
-  per-example `scale_shift` (AdaGN: `GN(x) * (1 + scale) + shift`) is folded into the
-  same affine map, and SiLU can follow.
-
-  Attributes:
-    num_groups: channel groups (32 in ADM).
-    eps: added to the variance (1e-5 as torch.nn.GroupNorm).
-    silu: apply SiLU to the result.
-    dtype: dtype of the result.
+  Per-channel sums over the spatial axes are reduced per group and folded into one
+  per-channel scale and shift (fast on XLA:CPU). Optionally fuses the following SiLU.
+  Works on [B, ..., C] (images) and [B, C] (features).
   """
   num_groups: int = 32
   eps: float = 1e-5
@@ -68,76 +49,67 @@ class GroupNorm(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, scale_shift: Optional[tuple] = None):
-    """x: [B, ..., C]; scale_shift: optional ([B, C], [B, C]). Returns x's shape."""
+  def __call__(self, x):
     channels = x.shape[-1]
-    if channels % self.num_groups:
-      raise ValueError(
-          f"GroupNorm: {channels} channels do not split into {self.num_groups} groups")
-    gamma = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
-    beta = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-    batch, per_group = x.shape[0], channels // self.num_groups
-    spatial = tuple(range(1, x.ndim - 1))
-    count = math.prod(x.shape[1:-1]) * per_group
-
+    groups = self.num_groups
+    if channels % groups:
+      raise ValueError(f"GroupNorm: {channels} channels are not divisible by {groups} groups")
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     xf = x.astype(jnp.float32)
-    sum_x = jnp.sum(xf, axis=spatial)  # [B, C]
-    sum_xx = jnp.sum(jnp.square(xf), axis=spatial)
+    batch = x.shape[0]
+    spatial = tuple(range(1, x.ndim - 1))
+    count = math.prod(x.shape[1:-1]) * (channels // groups)
 
-    def per_group_mean(per_channel):  # [B, C] -> [B, G]
-      return per_channel.reshape(batch, self.num_groups, per_group).sum(-1) / count
+    def group_mean(per_channel_sum):  # [B, C] -> [B, C] (each group's mean broadcast back)
+      g = per_channel_sum.reshape(batch, groups, channels // groups).sum(-1) / count
+      return jnp.repeat(g, channels // groups, axis=-1)
 
-    mean = per_group_mean(sum_x)
-    var = jnp.maximum(per_group_mean(sum_xx) - jnp.square(mean), 0.0)
-    inv_std = jax.lax.rsqrt(var + self.eps)
-    mul = gamma * jnp.repeat(inv_std, per_group, axis=-1)  # [B, C]
-    add = beta - jnp.repeat(mean, per_group, axis=-1) * mul
-    if scale_shift is not None:
-      scale, shift = (s.astype(jnp.float32) for s in scale_shift)
-      mul, add = mul * (1.0 + scale), add * (1.0 + scale) + shift
-    bcast = (batch,) + (1,) * len(spatial) + (channels,)
-    y = xf * mul.reshape(bcast) + add.reshape(bcast)
+    per_channel = xf.sum(axis=spatial) if spatial else xf
+    mean = group_mean(per_channel)
+    centred = xf - mean.reshape((batch,) + (1,) * len(spatial) + (channels,))
+    sq = jnp.square(centred)
+    var = group_mean(sq.sum(axis=spatial) if spatial else sq)
+    mul = scale * jax.lax.rsqrt(var + self.eps)
+    shape = (batch,) + (1,) * len(spatial) + (channels,)
+    y = centred * mul.reshape(shape) + bias
     if self.silu:
       y = nn.silu(y)
     return y.astype(self.dtype)
 
 
 def avg_pool2(x):
-  """[B, H, W, C] -> [B, H/2, W/2, C], 2x2 average pooling with stride 2."""
-  b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4)).astype(x.dtype)
+  """2x2 average pooling with stride 2 (torch avg_pool2d(2))."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
 def nearest_up2(x):
-  """[B, H, W, C] -> [B, 2H, 2W, C], nearest-neighbour upsampling."""
   b, h, w, c = x.shape
   x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
   return x.reshape(b, 2 * h, 2 * w, c)
 
 
 class Downsample(nn.Module):
-  """Halves the resolution: 3x3 stride-2 conv `op` (or 2x2 average pooling)."""
+  """Stride-2 3x3 conv (`op`) or, without conv, 2x2 average pooling."""
   out_channels: int
   use_conv: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    """x: [B, H, W, C] -> [B, H/2, W/2, out_channels]."""
     if self.use_conv:
       return conv3x3(self.out_channels, self.dtype, "op", stride=2)(x)
     return avg_pool2(x)
 
 
 class Upsample(nn.Module):
-  """Doubles the resolution: nearest 2x, then a 3x3 conv `conv` (optional)."""
+  """Nearest 2x, then (optionally) a 3x3 conv (`conv`)."""
   out_channels: int
   use_conv: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    """x: [B, H, W, C] -> [B, 2H, 2W, out_channels]."""
     x = nearest_up2(x)
     if self.use_conv:
       x = conv3x3(self.out_channels, self.dtype, "conv")(x)
@@ -145,12 +117,10 @@ class Upsample(nn.Module):
 
 
 class ResBlock(nn.Module):
-  """ADM residual block conditioned on an embedding.
+  """The ADM residual block: GN-SiLU-conv, timestep embedding (AdaGN or added), GN-SiLU-dropout-conv.
 
-  GN-SiLU-[resample]-conv, then the embedding (added, or AdaGN scale and shift), then
-  GN-SiLU-dropout-conv (zero-initialised), plus the skip path (1x1 conv when the width
-  changes). `up` / `down` (BigGAN style) resample both paths between the first
-  GN+SiLU and the first conv.
+  up / down resample both paths between the first GN+SiLU and the first conv
+  (BigGAN style). The skip path is a 1x1 conv when the channel count changes.
   """
   out_channels: int
   dropout: float = 0.0
@@ -162,7 +132,7 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, emb):
-    """x: [B, H, W, C], emb: [B, E] -> [B, H', W', out_channels]."""
+    channels = x.shape[-1]
     out = self.out_channels
     h = GroupNorm(silu=True, dtype=self.dtype, name="in_layers_0")(x)
     if self.up:
@@ -170,77 +140,74 @@ class ResBlock(nn.Module):
     elif self.down:
       h, x = avg_pool2(h), avg_pool2(x)
     h = conv3x3(out, self.dtype, "in_layers_2")(h)
-
-    emb_width = 2 * out if self.use_scale_shift_norm else out
-    emb_out = nn.Dense(emb_width, dtype=self.dtype, name="emb_layers_1")(
-        nn.silu(emb.astype(self.dtype))).astype(jnp.float32)
-    out_norm = GroupNorm(silu=True, dtype=self.dtype, name="out_layers_0")
+    emb_out = nn.Dense(2 * out if self.use_scale_shift_norm else out, dtype=self.dtype,
+                       name="emb_layers_1")(nn.silu(emb.astype(self.dtype)))
+    emb_out = emb_out[:, None, None, :].astype(jnp.float32)
     if self.use_scale_shift_norm:
-      h = out_norm(h, scale_shift=jnp.split(emb_out, 2, axis=-1))
+      scale, shift = jnp.split(emb_out, 2, axis=-1)
+      h = GroupNorm(dtype=jnp.float32, name="out_layers_0")(h)
+      h = (h * (1 + scale) + shift).astype(self.dtype)
+      h = nn.silu(h)
     else:
-      h = out_norm(h.astype(jnp.float32) + emb_out[:, None, None, :])
+      h = GroupNorm(silu=True, dtype=self.dtype, name="out_layers_0")(
+          (h.astype(jnp.float32) + emb_out).astype(self.dtype))
     h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
-    h = conv3x3(out, self.dtype, "out_layers_3", zero_init=True)(h)
-
-    if x.shape[-1] != out:
+    h = conv3x3(out, self.dtype, "out_layers_3", zero=True)(h)
+    if out != channels:
       x = nn.Conv(out, (1, 1), dtype=self.dtype, name="skip_connection")(x)
-    return x.astype(self.dtype) + h
+    return x + h
 
 
 def split_heads(qkv, num_heads: int, new_order: bool):
-  """Splits [B, T, 3*H*d] into q, k, v, each heads-major [B, H, T, d].
-
-  Channel order: legacy (head, {q,k,v}, d); new ({q,k,v}, head, d).
-  """
-  b, t, width = qkv.shape
-  d = width // (3 * num_heads)
+  """[B, T, 3*H*d] → q, k, v [B, H, T, d] for the legacy (h,{q,k,v},d) or new ({q,k,v},h,d) order."""
+  b, t, c3 = qkv.shape
+  d = c3 // (3 * num_heads)
   if new_order:
-    qkv = qkv.reshape(b, t, 3, num_heads, d).transpose(2, 0, 3, 1, 4)
+    qkv = qkv.reshape(b, t, 3, num_heads, d)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
   else:
-    qkv = qkv.reshape(b, t, num_heads, 3, d).transpose(3, 0, 2, 1, 4)
-  return qkv[0], qkv[1], qkv[2]
+    qkv = qkv.reshape(b, t, num_heads, 3, d)
+    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+  return tuple(jnp.transpose(a, (0, 2, 1, 3)) for a in (q, k, v))
 
 
-def dot_product_attention(q, k, v):
-  """Softmax attention over keys; q, k, v: [B, H, T, d] -> [B, T, H*d].
+def attention(q, k, v):
+  """Softmax attention on heads-major [B, H, T, d]; q and k each scaled by d^(-1/4).
 
-  q and k are each scaled by d^(-1/4) (as the reference, for fp16 headroom); logits
-  and softmax are float32, the weighted sum is in v's dtype.
+  Logits and softmax in float32; returns [B, T, H*d] (head-major channels).
   """
   d = q.shape[-1]
-  scale = d ** -0.25
+  scale = 1.0 / math.sqrt(math.sqrt(d))
   logits = jnp.matmul(q * scale, jnp.swapaxes(k * scale, -1, -2),
                       preferred_element_type=jnp.float32)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   out = jnp.matmul(weights, v)  # [B, H, T, d]
   b, h, t, _ = out.shape
-  return out.transpose(0, 2, 1, 3).reshape(b, t, h * d)
+  return jnp.transpose(out, (0, 2, 1, 3)).reshape(b, t, h * d)
 
 
 class AttentionBlock(nn.Module):
-  """Residual multi-head self-attention over all positions (`norm`, `qkv`, `proj_out`)."""
+  """Self-attention over all positions with a residual connection (`norm`, `qkv`, `proj_out`)."""
   num_heads: int
   use_new_attention_order: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    """x: [B, H, W, C] -> [B, H, W, C]."""
-    b, height, width, c = x.shape
-    tokens = x.reshape(b, height * width, c)
+    b, hh, ww, c = x.shape
+    tokens = x.reshape(b, hh * ww, c)
     h = GroupNorm(dtype=self.dtype, name="norm")(tokens)
     qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h)
-    h = dot_product_attention(*split_heads(qkv, self.num_heads, self.use_new_attention_order))
+    q, k, v = split_heads(qkv, self.num_heads, self.use_new_attention_order)
+    h = attention(q, k, v)
     h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(h)
-    return (tokens.astype(self.dtype) + h).reshape(b, height, width, c)
+    return (tokens + h).reshape(b, hh, ww, c)
 
 
 class AttentionPool(nn.Module):
-  """CLIP-style attention pooling of a feature map to one vector.
+  """CLIP-style attention pooling: the spatial mean attends over [mean, positions] → [B, out].
 
-  The spatial mean is prepended as an extra token, a learned positional embedding
-  [S*S + 1, C] is added, one multi-head attention ({q,k,v}, head, d order) runs over
-  the tokens, and the mean token's output is projected to `out_features`.
+  Positional embedding [T+1, C]; heads of `head_channels`; ({q,k,v}, head, channel) order.
   """
   spatial_size: int
   head_channels: int
@@ -249,16 +216,15 @@ class AttentionPool(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    """x: [B, S, S, C] -> [B, out_features] float32."""
-    b, height, width, c = x.shape
-    if (height, width) != (self.spatial_size, self.spatial_size):
-      raise ValueError(f"attention pool built for {self.spatial_size}px feature maps, "
-                       f"got {height}x{width}")
-    pos_init = lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / math.sqrt(c)
-    pos = self.param("positional_embedding", pos_init, (height * width + 1, c), jnp.float32)
-    tokens = x.reshape(b, height * width, c).astype(jnp.float32)
+    b, hh, ww, c = x.shape
+    if hh != self.spatial_size or ww != self.spatial_size:
+      raise ValueError(f"attention pool built for {self.spatial_size}px maps, got {hh}x{ww}")
+    pos = self.param("positional_embedding",
+                     lambda k, s, d: jax.random.normal(k, s, d) / math.sqrt(c),
+                     (hh * ww + 1, c), jnp.float32)
+    tokens = x.reshape(b, hh * ww, c).astype(jnp.float32)
     tokens = jnp.concatenate([tokens.mean(axis=1, keepdims=True), tokens], axis=1) + pos
     qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv_proj")(tokens.astype(self.dtype))
-    h = dot_product_attention(*split_heads(qkv, c // self.head_channels, new_order=True))
-    out = nn.Dense(self.out_features, dtype=self.dtype, name="c_proj")(h[:, :1])
-    return out[:, 0].astype(jnp.float32)
+    q, k, v = split_heads(qkv, c // self.head_channels, new_order=True)
+    h = attention(q, k, v)
+    return nn.Dense(self.out_features, dtype=self.dtype, name="c_proj")(h)[:, 0]
