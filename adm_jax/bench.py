@@ -44,7 +44,12 @@ _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 0, "Steps of each timed sam
 _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype override: float32 | bfloat16.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Accelerator peak TFLOP/s for MFU (0: skip).")
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
-_SKIP = flags.DEFINE_list("skip", [], "Parts to skip: train, sample, guided, cfg.")
+_SKIP = flags.DEFINE_list("skip", [], "Parts to skip: train, sample, guided, cfg, components.")
+_COMPARE = flags.DEFINE_string(
+    "compare", "", "JSON written by ../shared/ref-harness/bench.py (--out): its medians are "
+    "printed beside ours, with the ratio ours / reference.")
+_MEMORY_CONFIGS = flags.DEFINE_list("memory_configs", [], "Configs for --preset=memory "
+                                    "(names in configs/; default: every released one).")
 
 PRESETS = {"cpu_quick": dict(repeats=3, sample_steps=5, warmup=1),
            "bench32": dict(repeats=10, sample_steps=12, warmup=2),
@@ -210,14 +215,37 @@ def bench_sample(config, batch: int, steps: int, repeats: int, warmup: int,
   return results
 
 
+def bench_components(config, batch: int, repeats: int, warmup: int) -> Dict[str, Any]:
+  """Seconds of one jitted UNet forward and of one classifier gradient d log p(y|x_t) / dx_t.
+
+  The two pieces of a guided sampling step, timed alone (the reference harness reports the
+  same two as unet_forward_nograd and classifier_grad).
+  """
+  model = models.create_model(config_base.model_config_for_training(config))
+  size, ch, cond = config.model.image_size, config.model.in_channels, config.model.class_cond
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, ch))
+  t = jnp.full((batch,), 500, jnp.int32)
+  y = jnp.arange(batch, dtype=jnp.int32) % config.model.num_classes
+  params = model.init(jax.random.PRNGKey(0), x[:1], t[:1], y=y[:1] if cond else None)["params"]
+  clf_cfg = ml_collections.ConfigDict(config.classifier.to_dict())
+  clf_cfg.image_size, clf_cfg.in_channels = size, ch
+  classifier = models.create_classifier(clf_cfg)
+  clf_params = classifier.init(jax.random.PRNGKey(1), x[:1], t[:1])["params"]
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, t, y=y if cond else None))
+  grad = jax.jit(lambda cp, x: guidance.classifier_cond_fn(
+      lambda a, b: classifier.apply({"params": cp}, a, b), 1.0)(x, t, y=y))
+  return {"unet_forward_s": timed(lambda: forward(params, x), repeats, warmup)["median_s"],
+          "classifier_grad_s": timed(lambda: grad(clf_params, x), repeats, warmup)["median_s"]}
+
+
 RELEASED = ("imagenet64", "imagenet128", "imagenet256", "imagenet256_uncond", "imagenet512",
             "upsample64_256", "upsample128_512")
 
 
-def bench_memory(configs_dir: str) -> List[Dict[str, Any]]:
-  """Compiled train-step memory at batch 1 for each released config, dtype and remat."""
+def bench_memory(configs_dir: str, names=RELEASED) -> List[Dict[str, Any]]:
+  """Compiled train-step memory at batch 1 for each config (name in configs_dir), dtype, remat."""
   rows = []
-  for name in RELEASED:
+  for name in names:
     for dtype in ("float32", "bfloat16"):
       for remat in (False, True):
         config = config_base.from_config_file(os.path.join(configs_dir, name + ".py"))
@@ -261,16 +289,66 @@ def _abstract_train(config):
   return model, step, state, data
 
 
-def print_table(results: Dict[str, Any]) -> None:
-  lines = ["", f"{'benchmark':34s} {'median':>12s} {'extra':>28s}"]
+# Our result name -> the reference harness's JSON key (medians of the same measurement).
+REFERENCE_KEYS = {"train": "train_step", "ddpm_unguided": "p_sample_step_unguided",
+                  "ddpm_classifier": "p_sample_step_guided", "ddim_unguided": "ddim_step_unguided",
+                  "ddim_classifier": "ddim_step_guided", "unet_forward_s": "unet_forward_nograd",
+                  "classifier_grad_s": "classifier_grad"}
+
+
+def reference_medians(path: str) -> Dict[str, float]:
+  """Medians (seconds) from a ref-harness bench.py JSON, under our result names."""
+  with open(path) as f:
+    raw = json.load(f)
+  return {ours: float(raw[ref]["median_s"]) for ours, ref in REFERENCE_KEYS.items() if ref in raw}
+
+
+def table_rows(results: Dict[str, Any]) -> List[List[str]]:
+  """[name, ours, unit, reference, ratio, note] rows of the printed table."""
+  ref = results.get("reference", {})
+  rows = []
+
+  def add(name, key, value, unit, note=""):
+    r = ref.get(key)
+    rows.append([name, f"{value:.3f}", unit, f"{r:.3f}" if r else "-",
+                 f"{value / r:.2f}x" if r else "-", note])
+
   train = results.get("train")
   if train:
-    lines.append(f"{'train step (fwd+bwd+AdamW+EMA)':34s} {train['median_s']:10.3f} s "
-                 f"{train['images_per_s']:10.1f} img/s  compile {train['compile_s']:.1f} s")
+    add("train step (fwd+bwd+AdamW+EMA)", "train", train["median_s"], "s",
+        f"{train['images_per_s']:.1f} img/s, compile {train['compile_s']:.1f} s")
   for name, r in results.get("sample", {}).items():
-    lines.append(f"{'sample ' + name:34s} {r['s_per_step']:10.3f} s/step "
-                 f"  loop compile {r['compile_s']:.1f} s")
+    add("sample " + name, name, r["s_per_step"], "s/step", f"loop compile {r['compile_s']:.1f} s")
+  sample = results.get("sample", {})
+  for sampler in ("ddpm", "ddim"):
+    plain, guided = sample.get(f"{sampler}_unguided"), sample.get(f"{sampler}_classifier")
+    if plain and guided:
+      overhead = guided["s_per_step"] / plain["s_per_step"] - 1
+      r_plain = ref.get(f"{sampler}_unguided")
+      r_guided = ref.get(f"{sampler}_classifier")
+      r_over = f"{100 * (r_guided / r_plain - 1):.0f}%" if r_plain and r_guided else "-"
+      rows.append([f"{sampler} guidance overhead", f"{100 * overhead:.0f}%", "", r_over, "-", ""])
+  for key, value in results.get("components", {}).items():
+    add(key.replace("_s", ""), key, value, "s")
+  return rows
+
+
+def print_table(results: Dict[str, Any]) -> None:
+  header = ["benchmark", "adm_jax", "unit", "reference", "ratio", ""]
+  rows = [header] + table_rows(results)
+  widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+  lines = [""]
+  for row in rows:
+    lines.append("  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(row, widths))).rstrip())
   print("\n".join(lines))
+
+
+def print_memory_table(rows: List[Dict[str, Any]]) -> None:
+  print(f"\n{'config':20s} {'dtype':9s} {'remat':5s} {'GiB (batch 1)':>13s}  fits 16 / 32 / 80 GiB")
+  for r in rows:
+    fits = " / ".join("yes" if r[f"fits_{g}"] else "no" for g in (16, 32, 80))
+    print(f"{r['config']:20s} {r['dtype']:9s} {r['remat']!s:5s} {r['GiB']:13.2f}  {fits}")
 
 
 def main(argv):
@@ -285,7 +363,8 @@ def main(argv):
                              "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
   if _PRESET.value == "memory":
     configs_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
-    results["memory"] = bench_memory(configs_dir)
+    results["memory"] = bench_memory(configs_dir, tuple(_MEMORY_CONFIGS.value) or RELEASED)
+    print_memory_table(results["memory"])
   else:
     config = load_config(_PRESET.value, _CONFIG.value)
     if _DTYPE.value:
@@ -300,6 +379,10 @@ def main(argv):
     if "sample" not in _SKIP.value:
       results["sample"] = bench_sample(config, _BATCH.value, steps, repeats, preset["warmup"],
                                        _SKIP.value)
+    if "components" not in _SKIP.value:
+      results["components"] = bench_components(config, _BATCH.value, repeats, preset["warmup"])
+    if _COMPARE.value:
+      results["reference"] = reference_medians(_COMPARE.value)
     print_table(results)
   with open(_OUT.value, "w") as f:
     json.dump(results, f, indent=2)

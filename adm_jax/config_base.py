@@ -50,6 +50,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       grad_clip=0.0, ema_rate="0.9999", num_steps=500000, p_uncond=0.0, fsdp=1,
       log_every=100, checkpoint_every=10000, keep_checkpoints=3, async_checkpoint=True,
       sample_every=10000, grid_samples=16, grid_sampler="ddim", grid_respacing="ddim50",
+      grid_cfg_scale=0.0,
       progress=True, tensorboard=True))
 
 

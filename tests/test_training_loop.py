@@ -20,7 +20,8 @@ def tiny_config(**train):
   c.model.update(image_size=8, num_channels=32, channel_mult="1,2", attention_resolutions="4",
                  num_heads=1, num_res_blocks=1)
   c.train.update(batch_size=8, num_steps=4, log_every=1, checkpoint_every=2, sample_every=10 ** 9,
-                 grid_samples=0, progress=False, async_checkpoint=False, p_uncond=0.0)
+                 grid_samples=0, progress=False, async_checkpoint=False, p_uncond=0.0,
+                 grid_cfg_scale=0.0)
   c.diffusion.schedule_sampler = "loss-second-moment"
   c.data.num_workers = 2
   c.train.update(train)
@@ -94,7 +95,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_sample_grid_and_config_written(tmp_path):
   workdir = str(tmp_path / "w")
-  training.run(tiny_config(num_steps=2, sample_every=2, grid_samples=4, grid_respacing="ddim2"),
+  training.run(tiny_config(num_steps=2, sample_every=2, grid_samples=4, grid_respacing="ddim2",
+                           p_uncond=0.2, grid_cfg_scale=1.5),
                workdir, shd.create_mesh(1, jax.devices()[:1]))
   assert os.path.exists(os.path.join(workdir, "samples", "grid_00000002.png"))
   saved = json.load(open(os.path.join(workdir, "config.json")))
@@ -102,6 +104,12 @@ def test_sample_grid_and_config_written(tmp_path):
   record = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))[-1]
   for key in ("loss", "mse", "vb", "mse_q0", "grad_norm", "param_norm", "steps_per_sec", "images_per_sec"):
     assert key in record, key
+
+
+def test_grid_guidance_needs_the_null_class(tmp_path):
+  with pytest.raises(ValueError, match="grid_cfg_scale > 0 needs"):
+    training.run(tiny_config(num_steps=1, grid_cfg_scale=2.0, p_uncond=0.0), str(tmp_path / "w"),
+                 shd.create_mesh(1, jax.devices()[:1]))
 
 
 def test_microbatch_config_validated():

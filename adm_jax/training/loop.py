@@ -86,6 +86,7 @@ class Trainer:
     self.tx = state_lib.create_optimizer(config.train.lr, config.train.weight_decay,
                                          config.train.lr_anneal_steps, config.train.grad_clip)
     self.null_label = config.model.num_classes
+    self.grid_cfg_scale()  # fail before training, not at the first grid
     self.state, self.state_shardings = state_lib.init_train_state(
         init_params_fn(self.model, config), self.tx, self.sampler, self.ema_rates,
         config.train.seed, self.mesh)
@@ -139,6 +140,16 @@ class Trainer:
         num_classes=cfg.model.num_classes if cfg.model.class_cond else None)
 
   # ------------------------------------------------------------------ sample grids
+  def grid_cfg_scale(self) -> float:
+    """train.grid_cfg_scale, checked: classifier-free guidance needs the learned null class."""
+    scale = float(self.config.train.grid_cfg_scale)
+    if scale < 0:
+      raise ValueError(f"train.grid_cfg_scale must be >= 0, got {scale}")
+    if scale and not (self.config.model.class_cond and self.config.train.p_uncond > 0):
+      raise ValueError("train.grid_cfg_scale > 0 needs a class-conditional model trained with "
+                       "train.p_uncond > 0 (the null class that classifier-free guidance uses)")
+    return scale
+
   def sample_grid(self, step: int, batch=None) -> Optional[str]:
     """Samples a PNG grid from the slowest EMA params (classes in order when conditional).
 
@@ -154,6 +165,7 @@ class Trainer:
       self._grid_fn = sample_lib.make_sample_fn(
           lambda p, x, t, y, **kw: self.apply_fn(p, x, t, y, **kw), gd, shape,
           sampler=cfg.train.grid_sampler, class_cond=cfg.model.class_cond,
+          cfg_scale=self.grid_cfg_scale(), null_label=self.null_label,
           out_shardings=shd.replicated(self.mesh))
     labels = jnp.arange(n, dtype=jnp.int32) % cfg.model.num_classes
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed + 1), 0)
