@@ -1,5 +1,6 @@
-"""The network convolution (adm_jax.models.layers.conv2d): autodiff-equal gradients, and input
-gradients that stay canonical (HWIO kernels) inside a guided sampling loop."""
+"""Layers with hand-written gradients (adm_jax.models.layers.conv2d, group_norm): values and
+gradients equal to plain autodiff, and convolution input gradients that stay canonical (HWIO
+kernels) inside a guided sampling loop."""
 import re
 
 import jax
@@ -27,6 +28,33 @@ def test_conv2d_gradients_equal_autodiff(size, kernel, stride):
   np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-6)
   for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _reference_group_norm(x, scale, bias, groups, eps, silu):
+  b, c = x.shape[0], x.shape[-1]
+  grouped = x.astype(jnp.float32).reshape(b, -1, groups, c // groups)
+  mean = grouped.mean((1, 3), keepdims=True)
+  var = jnp.square(grouped - mean).mean((1, 3), keepdims=True)
+  y = ((grouped - mean) / jnp.sqrt(var + eps)).reshape(x.shape) * scale + bias
+  return jax.nn.silu(y) if silu else y
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 64), (3, 7, 32)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_group_norm_values_and_gradients_equal_autodiff(shape, silu):
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  x = jax.random.normal(keys[0], shape) * 2 + 0.5
+  scale = jax.random.normal(keys[1], shape[-1:])
+  bias = jax.random.normal(keys[2], shape[-1:])
+  weights = jax.random.normal(keys[3], shape)
+  ours = lambda *a: jnp.sum(layers.group_norm(*a, 32, 1e-5, silu) * weights)
+  plain = lambda *a: jnp.sum(_reference_group_norm(*a, 32, 1e-5, silu) * weights)
+  np.testing.assert_allclose(layers.group_norm(x, scale, bias, 32, 1e-5, silu),
+                             _reference_group_norm(x, scale, bias, 32, 1e-5, silu),
+                             rtol=1e-5, atol=2e-5)
+  for a, b in zip(jax.grad(ours, (0, 1, 2))(x, scale, bias),
+                  jax.grad(plain, (0, 1, 2))(x, scale, bias)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
 def test_guided_sampling_loop_has_only_canonical_convolutions():
