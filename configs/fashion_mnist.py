@@ -4,12 +4,16 @@ Launch (trains from the data shipped in the package; resumes when run again):
   python -m adm_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/adm_fmnist
 A first look in under 3 minutes (train, checkpoint, sample grid):
   python -m adm_jax.main --config=configs/fashion_mnist.py:quick --workdir=/tmp/adm_fmnist_quick
-Sized for a 2-core CPU: recognisable samples of each class within about 30 minutes
-(grids in WORKDIR/samples, one column per class). Not a paper setting; it uses the
-paper's recipe at small scale: learned sigma with the hybrid loss, cosine schedule,
-AdaGN, BigGAN up/down, class embedding, DDIM-50 sample grids; EMA 0.995 (a half-life of
-~140 steps: the paper's 0.9999 needs far longer runs to forget the initialisation). With
-train.p_uncond = 0.1 it also learns the null class for classifier-free guidance.
+Sized for a 2-core CPU: 2,200 steps at ~1.4 steps/s, i.e. under 30 minutes, ending with
+samples of the asked class (grids in WORKDIR/samples every 500 steps and at the end, one
+column per class). Not a paper setting; it uses the paper's recipe at small scale: learned
+sigma with the hybrid loss, cosine schedule, AdaGN, BigGAN up/down, class embedding,
+DDIM-50 sample grids; lr 1e-3 (3e-4 left most classes unformed after 2,500 steps); EMA 0.995
+(a half-life of ~140 steps: the paper's 0.9999 needs far longer runs to forget the
+initialisation). With train.p_uncond = 0.1 it also learns the null class, and the grids use
+classifier-free guidance at scale 3 (train.grid_cfg_scale; 0 for plain conditional samples):
+on a run like this one it lifted the samples' class accuracy from 0.43 to 0.78
+(experiments/RESULTS.md). Train more with --config.train.num_steps=N (resumes).
 Guidance classifier: --mode=train_classifier (WORKDIR/classifier).
 """
 from adm_jax import config_base
@@ -24,9 +28,9 @@ def get_config(variant: str = ""):
   c.diffusion.update(diffusion_steps=1000, noise_schedule="cosine",
                      schedule_sampler="uniform")
   c.data.update(name="fashion_mnist", channels=1, random_flip=False)
-  c.train.update(batch_size=32, lr=3e-4, num_steps=2500, ema_rate="0.995",
+  c.train.update(batch_size=32, lr=1e-3, num_steps=2200, ema_rate="0.995",
                  log_every=50, checkpoint_every=500, sample_every=500, grid_samples=20,
-                 grid_respacing="ddim50", p_uncond=0.1)
+                 grid_respacing="ddim50", p_uncond=0.1, grid_cfg_scale=3.0)
   c.classifier.update(classifier_width=32, classifier_depth=1, channel_mult="1,2,2",
                       classifier_attention_resolutions="8", classifier_pool="attention",
                       num_classes=10, batch_size=64, lr=3e-4, iterations=3000,
