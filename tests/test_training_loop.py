@@ -21,9 +21,9 @@ def tiny_config(**train):
   c = config_base.from_config_file(os.path.join(REPO, "configs", "fashion_mnist.py"))
   c.model.update(image_size=8, num_channels=32, channel_mult="1,2", attention_resolutions="4",
                  num_heads=1, num_res_blocks=1)
-  c.train.update(batch_size=8, num_steps=4, lr=3e-4, log_every=1, checkpoint_every=2, sample_every=10 ** 9,
-                 grid_samples=0, progress=False, async_checkpoint=False, p_uncond=0.0,
-                 grid_cfg_scale=0.0)
+  c.train.update(batch_size=8, num_steps=4, lr=3e-4, log_every=1, checkpoint_every=2,
+                 sample_every=10 ** 9, grid_samples=0, progress=False, async_checkpoint=False,
+                 p_uncond=0.0, grid_cfg_scale=0.0)
   c.diffusion.schedule_sampler = "loss-second-moment"
   c.data.num_workers = 2
   c.train.update(train)
