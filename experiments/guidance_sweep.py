@@ -22,18 +22,18 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_train_reference(args) -> str:
-  """Writes (once) a reference batch of the first N training images into the workdir."""
+def cached_reference(workdir: str, split: str, num: int) -> str:
+  """Path of a reference batch of the first `num` images of a Fashion-MNIST split, written into
+  the workdir on first use; the name records whether they came from the full set or the subset."""
   sys.path.insert(0, REPO)
   from adm_jax.evaluation import api  # pylint: disable=g-import-not-at-top
   from adm_jax.data import sources  # pylint: disable=g-import-not-at-top
   from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
   config = fashion_mnist.get_config()
-  source = "subset" if "subset" in sources.fashion_mnist("train").name else "full"
-  path = os.path.join(args.workdir, f"reference_train_{source}_{args.reference_num}.npz")
+  source = "subset" if "subset" in sources.fashion_mnist(split).name else "full"
+  path = os.path.join(workdir, f"reference_{split}_{source}_{num}.npz")
   if not os.path.exists(path):
-    api.write_reference_batch(path, config.data, "train", args.reference_num,
-                              config.model.image_size)
+    api.write_reference_batch(path, config.data, split, num, config.model.image_size)
   return path
 
 
@@ -51,7 +51,8 @@ def main():
   args = parser.parse_args()
   extra = args.extra.split()
   if args.reference_num > 0:
-    extra.append(f"--config.sample.reference_batch={write_train_reference(args)}")
+    reference = cached_reference(args.workdir, "train", args.reference_num)
+    extra.append(f"--config.sample.reference_batch={reference}")
   rows = []
   for scale in args.scales.split(","):
     out = f"{args.tag}_{args.kind}_{scale}"

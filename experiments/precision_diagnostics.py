@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 from adm_jax import xla_env  # noqa: F401,E402  pylint: disable=unused-import,wrong-import-position
 import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
 from adm_jax.evaluation import api, feature_net, metrics  # noqa: E402  pylint: disable=wrong-import-position
-from configs import fashion_mnist  # noqa: E402  pylint: disable=wrong-import-position
+from experiments.guidance_sweep import cached_reference  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def nearest_distances(points: np.ndarray, reference: np.ndarray, batch: int = 500) -> np.ndarray:
@@ -45,15 +45,11 @@ def main():
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--glob", default="guidance_*")
   args = parser.parse_args()
-  config = fashion_mnist.get_config()
   module, params = feature_net.load()
   feature_fn = feature_net.make_feature_fn(params, module)
   refs = {}
   for split in ("test", "train"):
-    path = os.path.join(args.workdir, f"diagnostics_reference_{split}_10000.npz")
-    if not os.path.exists(path):
-      api.write_reference_batch(path, config.data, split, 10000, config.model.image_size)
-    batch = api.load_batch(path)
+    batch = api.load_batch(cached_reference(args.workdir, split, 10000))
     refs[split] = (api.extract_features(batch["images"], feature_fn, desc=split)["pool"],
                    batch["labels"])
   real_nn = np.median(nearest_distances(refs["test"][0][:2000], refs["train"][0]))

@@ -1,5 +1,4 @@
 """Helpers of the sweep scripts in experiments/: reference batches and nearest-real distances."""
-import argparse
 import importlib.util
 import os
 
@@ -17,14 +16,13 @@ def _load(name):
 
 def test_guidance_sweep_writes_training_reference_once(tmp_path):
   sweep = _load("guidance_sweep")
-  args = argparse.Namespace(workdir=str(tmp_path), reference_num=12)
-  path = sweep.write_train_reference(args)
+  path = sweep.cached_reference(str(tmp_path), "train", 12)
   assert os.path.dirname(path) == str(tmp_path) and path.endswith("_12.npz")
   with np.load(path) as data:
     assert data["arr_0"].shape == (12, 32, 32, 1) and data["arr_0"].dtype == np.uint8
     assert data["arr_1"].shape == (12,)
   stamp = os.stat(path).st_mtime_ns
-  assert sweep.write_train_reference(args) == path and os.stat(path).st_mtime_ns == stamp
+  assert sweep.cached_reference(str(tmp_path), "train", 12) == path and os.stat(path).st_mtime_ns == stamp
 
 
 def test_nearest_distances_match_brute_force():
