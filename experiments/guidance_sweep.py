@@ -6,7 +6,7 @@ usage: python experiments/guidance_sweep.py --workdir=/tmp/adm_fmnist [--scales 
                                              --config.sample.timestep_respacing=100"]
 Needs a workdir trained with configs/fashion_mnist.py and, for --kind=classifier (the default),
 its classifier (--mode=train_classifier); --kind=cfg sweeps the classifier-free scale instead.
-For each scale: --mode=sample (the config's DDIM-50 unless --extra overrides the sampler; random
+For each scale: --mode=sample (the config's ancestral-50 unless --extra overrides the sampler; random
 labels, seed 0) into WORKDIR/TAG_KIND_SCALE, then --mode=eval with
 fmnist_cnn_v1 against a reference batch; prints a Markdown table. The reference batch is, by
 default, as many test images as samples; --reference_num N uses N training images instead (the

@@ -124,16 +124,27 @@ def _initial_noise(key, shape, noise, dtype=jnp.float32):
 def p_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence[int], key, *,
                   noise=None, clip_denoised: bool = True, denoised_fn: Optional[Callable] = None,
                   cond_fn: Optional[Callable] = None, model_kwargs=None,
-                  progressive: bool = False):
+                  progressive: bool = False, step_noise=None):
   """Ancestral sampling from x_T ~ N(0, I) (or `noise`) down to x_0.
 
+  Each step's noise is drawn from `key`, or, with `step_noise` [T, *shape], is
+  step_noise[i] for the i-th step visited (t = T-1 first; the t = 0 slice is unused),
+  which reproduces a trajectory of another implementation exactly.
   Returns x_0 [shape]; with progressive=True a dict with 'sample' and the per-step
   'samples' and 'pred_xstarts' [T, *shape] in the order visited (t = T-1 ... 0).
   """
+  if step_noise is not None:
+    step_noise = jnp.asarray(step_noise, jnp.float32)
+    expected = (diffusion.num_timesteps,) + tuple(shape)
+    if step_noise.shape != expected:
+      raise ValueError(f"step_noise has shape {step_noise.shape}, expected {expected}")
   x_init, step_key = _initial_noise(key, shape, noise)
 
   def step(x, t, k):
-    return p_sample(diffusion, model_fn, x, t, key=k, clip_denoised=clip_denoised,
+    z = None
+    if step_noise is not None:
+      k, z = None, step_noise[diffusion.num_timesteps - 1 - t[0]]
+    return p_sample(diffusion, model_fn, x, t, key=k, noise=z, clip_denoised=clip_denoised,
                     denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs)
 
   indices = jnp.arange(diffusion.num_timesteps - 1, -1, -1)
