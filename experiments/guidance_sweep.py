@@ -30,10 +30,11 @@ def cached_reference(workdir: str, split: str, num: int) -> str:
   from adm_jax.data import sources  # pylint: disable=g-import-not-at-top
   from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
   config = fashion_mnist.get_config()
-  source = "subset" if "subset" in sources.fashion_mnist(split).name else "full"
-  path = os.path.join(workdir, f"reference_{split}_{source}_{num}.npz")
+  source = sources.fashion_mnist(split)
+  kind = "subset" if "subset" in source.name else "full"
+  path = os.path.join(workdir, f"reference_{split}_{kind}_{num}.npz")
   if not os.path.exists(path):
-    api.write_reference_batch(path, config.data, split, num, config.model.image_size)
+    api.write_reference_batch(path, config.data, split, num, config.model.image_size, source=source)
   return path
 
 

@@ -1,4 +1,5 @@
 """The sample / nll modes on a tiny trained workdir, and a converted reference checkpoint via the CLI."""
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import pytest
 
 import jax
 
+from adm_jax import data as data_lib
+from adm_jax import evaluation
 from adm_jax import sample
 from adm_jax import sharding as shd
 from adm_jax import training
@@ -70,6 +73,26 @@ def test_guided_sampling_modes(workdir):
     assert out["arr_0"].shape == base.shape and (out["arr_1"] == 3).all()
     if "classifier_scale" in kw:  # a 2-step model's conditional and null outputs are ~equal,
       assert not np.array_equal(out["arr_0"], base), kw  # so only the classifier moves pixels
+
+
+def test_eval_mode_prints_writes_json_and_names_its_reference(tmp_path, capsys):
+  # fmnist_cnn_v1 takes 32x32 images: six real training images stand in for samples.
+  config = sample_config(output_dir="ev")
+  config.model.image_size = 32
+  os.makedirs(tmp_path / "ev")
+  evaluation.write_reference_batch(str(tmp_path / "ev" / "samples_6x32x32x1.npz"), config.data,
+                                   "train", 6, 32)
+  evaluation.run(config, str(tmp_path))
+  assert "[fmnist_cnn_v1] FID" in capsys.readouterr().out
+  with open(tmp_path / "ev" / "eval_fmnist_cnn_v1.json") as f:
+    saved = json.load(f)
+  assert saved["feature_net"] == "fmnist_cnn_v1" and saved["n_samples"] == saved["n_reference"] == 6
+  for key in ("fid", "sfid", "inception_score", "precision", "recall", "classifier_accuracy"):
+    assert np.isfinite(saved[key]), key
+  # The cached reference batch's name says where it came from (full set or embedded subset, split).
+  name = data_lib.create_source(config.data, config.data.eval_split).name
+  assert os.path.basename(saved["reference"]) == f"reference_{evaluation.api.source_tag(name)}_6.npz"
+  assert "test" in os.path.basename(saved["reference"])
 
 
 def test_bad_labels_raise():

@@ -5,8 +5,10 @@ The reference side may also be a statistics npz written by `save_reference_stats
 (mu, sigma, spatial_mu, spatial_sigma; the raw pool features for precision/recall).
 Every result names the feature network that produced it.
 """
+import hashlib
 import json
 import os
+import re
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -122,10 +124,13 @@ def classifier_accuracy(sample_npz: str) -> float:
   return float((feats["logits"].argmax(axis=1) == batch["labels"]).mean())
 
 
-def write_reference_batch(path: str, data_config, split: str, num: int, image_size: int) -> str:
-  """A reference batch npz (arr_0 uint8, arr_1 labels) from a dataset split."""
+def write_reference_batch(path: str, data_config, split: str, num: int, image_size: int,
+                          source=None) -> str:
+  """A reference batch npz (arr_0 uint8, arr_1 labels) from the first `num` images of a split
+  (of `source` when given, already created from data_config and split)."""
   from adm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  source = data_lib.create_source(data_config, split)
+  if source is None:
+    source = data_lib.create_source(data_config, split)
   num = min(num, len(source))
   images, labels = [], []
   for i in range(num):
@@ -134,6 +139,15 @@ def write_reference_batch(path: str, data_config, split: str, num: int, image_si
     labels.append(label)
   np.savez(path, arr_0=np.stack(images).astype(np.uint8), arr_1=np.asarray(labels))
   return path
+
+
+def source_tag(name: str, limit: int = 60) -> str:
+  """A file-name-safe tag of a data source's name (which says split and, for Fashion-MNIST, full set
+  or embedded subset), e.g. 'fashion_mnist_subset_test'; long names end in a hash of the name."""
+  tag = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+  if len(tag) > limit:
+    tag = tag[:limit - 9] + "_" + hashlib.sha1(name.encode()).hexdigest()[:8]
+  return tag
 
 
 def run(config, workdir: str) -> Dict[str, Any]:
@@ -151,10 +165,13 @@ def run(config, workdir: str) -> Dict[str, Any]:
     raise FileNotFoundError(f"no samples_*.npz in {out_dir}: run --mode=sample first")
   reference = scfg.reference_batch
   if not reference:
+    from adm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     n = len(load_batch(sample_npz)["images"])
-    reference = os.path.join(out_dir, f"reference_{config.data.name}_{n}.npz")
+    source = data_lib.create_source(config.data, config.data.eval_split)
+    reference = os.path.join(out_dir, f"reference_{source_tag(source.name)}_{n}.npz")
     if not os.path.exists(reference):
-      write_reference_batch(reference, config.data, config.data.eval_split, n, config.model.image_size)
+      write_reference_batch(reference, config.data, config.data.eval_split, n, config.model.image_size,
+                            source=source)
   result = evaluate_npz(sample_npz, reference, scfg.feature_net, scfg.inception_weights or None)
   result.update(sample_npz=sample_npz, reference=reference)
   path = os.path.join(out_dir, f"eval_{scfg.feature_net}.json")
