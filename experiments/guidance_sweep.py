@@ -24,15 +24,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def cached_reference(workdir: str, split: str, num: int) -> str:
   """Path of a reference batch of the first `num` images of a Fashion-MNIST split, written into
-  the workdir on first use; the name records whether they came from the full set or the subset."""
+  the workdir on first use; named like --mode=eval's own (split, full set or embedded subset)."""
   sys.path.insert(0, REPO)
+  from adm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from adm_jax.evaluation import api  # pylint: disable=g-import-not-at-top
-  from adm_jax.data import sources  # pylint: disable=g-import-not-at-top
   from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
   config = fashion_mnist.get_config()
-  source = sources.fashion_mnist(split)
-  kind = "subset" if "subset" in source.name else "full"
-  path = os.path.join(workdir, f"reference_{split}_{kind}_{num}.npz")
+  source = data_lib.create_source(config.data, split)
+  path = os.path.join(workdir, f"reference_{api.source_tag(source.name)}_{num}.npz")
   if not os.path.exists(path):
     api.write_reference_batch(path, config.data, split, num, config.model.image_size, source=source)
   return path

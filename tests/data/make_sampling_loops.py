@@ -53,8 +53,8 @@ def main():
     model.load_state_dict(th.load(os.path.join(FIXTURE, "unet.pt")))
     model.eval()
     cond_fn, model_fn = build.make_guidance_fns(model, classifier, True, cfg["classifier_scale"])
-    kwargs = dict(noise=th.from_numpy(x_t), clip_denoised=True, model_kwargs={"y": th.from_numpy(y)}, device=th.device("cpu"),
-                  cond_fn=cond_fn if guided else None)
+    kwargs = dict(noise=th.from_numpy(x_t), clip_denoised=True, model_kwargs={"y": th.from_numpy(y)},
+                  device=th.device("cpu"), cond_fn=cond_fn if guided else None)
     with th.no_grad():
       if sampler == "ddim":
         sample = diffusion.ddim_sample_loop(model_fn, shape, eta=0.0, **kwargs)
