@@ -25,19 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from adm_jax import xla_env  # noqa: F401,E402  pylint: disable=unused-import,wrong-import-position
-import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
 from adm_jax.evaluation import api, feature_net, metrics  # noqa: E402  pylint: disable=wrong-import-position
 from experiments.guidance_sweep import cached_reference  # noqa: E402  pylint: disable=wrong-import-position
-
-
-def nearest_distances(points: np.ndarray, reference: np.ndarray, batch: int = 500) -> np.ndarray:
-  """Euclidean distance from each point [N, D] to its nearest reference point [M, D]."""
-  out = []
-  for start in range(0, len(points), batch):
-    d = metrics._squared_distances(jnp.asarray(points[start:start + batch]),  # pylint: disable=protected-access
-                                   jnp.asarray(reference))
-    out.append(np.sqrt(np.asarray(d).min(axis=1)))
-  return np.concatenate(out)
 
 
 def main():
@@ -52,7 +41,7 @@ def main():
     batch = api.load_batch(cached_reference(args.workdir, split, 10000))
     refs[split] = (api.extract_features(batch["images"], feature_fn, desc=split)["pool"],
                    batch["labels"])
-  real_nn = np.median(nearest_distances(refs["test"][0][:2000], refs["train"][0]))
+  real_nn = np.median(metrics.nearest_distances(refs["test"][0][:2000], refs["train"][0]))
   train_norm = np.linalg.norm(refs["train"][0], axis=1).mean()
   for folder in sorted(glob.glob(os.path.join(args.workdir, args.glob))):
     npz = sorted(glob.glob(os.path.join(folder, "samples_*.npz")))
@@ -74,7 +63,7 @@ def main():
       if len(own) > 3:
         per_class.append(metrics.precision_recall(real, own))
     line.append("classcond P%.3f/R%.3f" % tuple(np.mean(per_class, axis=0)))
-    line.append(f"nn/real {np.median(nearest_distances(pool, refs['train'][0])) / real_nn:.3f}")
+    line.append(f"nn/real {np.median(metrics.nearest_distances(pool, refs['train'][0])) / real_nn:.3f}")
     line.append(f"norm/real {np.linalg.norm(pool, axis=1).mean() / train_norm:.3f}")
     line.append("predhist " + ",".join(str(x) for x in np.bincount(predicted, minlength=10)))
     print("  ".join(line), flush=True)

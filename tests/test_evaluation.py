@@ -69,6 +69,15 @@ def test_batched_manifold_equals_unbatched():
   np.testing.assert_allclose(metrics.manifold_radii(ref), np.sort(d, axis=1)[:, 3], rtol=1e-4, atol=1e-5)
 
 
+def test_nearest_distances_matches_brute_force():
+  rng = np.random.default_rng(4)
+  points, reference = rng.normal(size=(23, 6)), rng.normal(size=(40, 6))
+  expected = np.sqrt(((points[:, None] - reference[None]) ** 2).sum(-1)).min(axis=1)
+  np.testing.assert_allclose(metrics.nearest_distances(points, reference, batch=5), expected,
+                             rtol=1e-4, atol=1e-5)
+  assert metrics.nearest_distances(reference[:3], reference).max() < 1e-2
+
+
 def test_npz_layout_reader(tmp_path):
   images = np.zeros((3, 32, 32, 1), np.uint8)
   np.savez(tmp_path / "ok.npz", arr_0=images, arr_1=np.arange(3))

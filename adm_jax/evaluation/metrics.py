@@ -87,6 +87,15 @@ def manifold_radii(features: np.ndarray, k: int = 3, batch: int = 10000) -> np.n
   return radii
 
 
+def nearest_distances(points: np.ndarray, reference: np.ndarray, batch: int = 500) -> np.ndarray:
+  """Euclidean distance [N] from each point [N, D] to its nearest point of `reference` [M, D]."""
+  reference = jnp.asarray(reference, jnp.float32)
+  out = [np.sqrt(np.asarray(_squared_distances(jnp.asarray(points[start:start + batch], jnp.float32),
+                                               reference)).min(axis=1))
+         for start in range(0, len(points), batch)]
+  return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
 def _inside(points, radii_points, others, radii_others, batch):
   """(points inside the others' manifold [Np], others inside the points' manifold [No])."""
   points = jnp.asarray(points, jnp.float32)
