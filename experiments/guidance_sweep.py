@@ -2,7 +2,7 @@
 
 usage: python experiments/guidance_sweep.py --workdir=/tmp/adm_fmnist [--scales 0,1,4,10] [--num 1000]
                                             [--kind classifier|cfg] [--reference_num 10000]
-                                            [--tag ancestral100 --extra "--config.sample.sampler=ddpm
+                                            [--tag ancestral100 --extra="--config.sample.sampler=ddpm
                                              --config.sample.timestep_respacing=100"]
 Needs a workdir trained with configs/fashion_mnist.py and, for --kind=classifier (the default),
 its classifier (--mode=train_classifier); --kind=cfg sweeps the classifier-free scale instead.
@@ -43,7 +43,8 @@ def main():
   parser.add_argument("--scales", default="0,1,4,10")
   parser.add_argument("--num", type=int, default=1000)
   parser.add_argument("--kind", default="classifier", choices=["classifier", "cfg"])
-  parser.add_argument("--extra", default="", help="more --config.x=y flags, space separated")
+  parser.add_argument("--extra", default="", help="more --config.x=y flags, space separated; pass as --extra='--config.x=y ...' "
+                      "(with '=': argparse reads a separate value starting with '--' as an option)")
   parser.add_argument("--tag", default="guidance",
                       help="prefix of the per-scale output folders (WORKDIR/TAG_KIND_SCALE)")
   parser.add_argument("--reference_num", type=int, default=0,
