@@ -41,6 +41,9 @@ _CONFIG = flags.DEFINE_string("config", "", "A configs/*.py file or a reference-
 _BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 0, "Timed repeats (0: the preset's).")
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 0, "Steps of each timed sampling loop.")
+_MICROBATCH = flags.DEFINE_integer(
+    "microbatch", 0, "Train step: split the batch into microbatches of this size, gradients "
+    "accumulated in a lax.scan (same update; 0: the config's train.microbatch).")
 _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype override: float32 | bfloat16.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Accelerator peak TFLOP/s for MFU (0: skip).")
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
@@ -115,8 +118,9 @@ def compile_stats(jitted, *args) -> Dict[str, Any]:
   return out, compiled
 
 
-def build_train(config, batch: int):
-  """(jitted train step, state, batch) for a config, single device, uniform t sampler."""
+def build_train(config, batch: int, microbatches: int = 1):
+  """(jitted train step, state, batch) for a config, single device, uniform t sampler;
+  `microbatches` > 1 accumulates the gradient over that many equal parts of the batch."""
   model = models.create_model(config_base.model_config_for_training(config))
   gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, ""))
   sampler = diff.create_named_schedule_sampler("uniform", gd.num_timesteps)
@@ -134,7 +138,8 @@ def build_train(config, batch: int):
 
   state = state_lib.init_train_state(init, tx, sampler, (0.9999,), 0,
                                      _single_mesh())[0]
-  step = step_lib.make_train_step(apply_fn, gd, sampler, tx, (0.9999,), class_cond=cond)
+  step = step_lib.make_train_step(apply_fn, gd, sampler, tx, (0.9999,), class_cond=cond,
+                                  microbatches=microbatches)
   rng = np.random.default_rng(0)
   data = {"image": jnp.asarray(rng.uniform(-1, 1, (batch, size, size, ch)), jnp.float32),
           "label": jnp.asarray(rng.integers(0, config.model.num_classes, batch), jnp.int32)}
@@ -146,8 +151,18 @@ def _single_mesh():
   return shd.create_mesh(1, jax.devices()[:1])
 
 
-def bench_train(config, batch: int, repeats: int, warmup: int) -> Dict[str, Any]:
-  model, step, state, data = build_train(config, batch)
+def train_microbatches(batch: int, microbatch: int) -> int:
+  """Number of microbatches for a microbatch size (<= 0 or >= batch: one)."""
+  if microbatch <= 0 or microbatch >= batch:
+    return 1
+  if batch % microbatch:
+    raise app.UsageError(f"microbatch {microbatch} must divide the batch {batch}")
+  return batch // microbatch
+
+
+def bench_train(config, batch: int, repeats: int, warmup: int,
+                microbatches: int = 1) -> Dict[str, Any]:
+  model, step, state, data = build_train(config, batch, microbatches)
   stats, compiled = compile_stats(step, state, data)
   holder = {"state": state}
 
@@ -158,6 +173,7 @@ def bench_train(config, batch: int, repeats: int, warmup: int) -> Dict[str, Any]
   result = timed(one, repeats, warmup)
   result.update(stats)
   result["images_per_s"] = batch / result["median_s"]
+  result["microbatches"] = microbatches
   result["params"] = state_lib.param_count(holder["state"].params)
   if "flops" in stats:
     result["train_flops_per_image"] = stats["flops"] / batch
@@ -315,8 +331,10 @@ def table_rows(results: Dict[str, Any]) -> List[List[str]]:
 
   train = results.get("train")
   if train:
+    micro = train.get("microbatches", 1)
     add("train step (fwd+bwd+AdamW+EMA)", "train", train["median_s"], "s",
-        f"{train['images_per_s']:.1f} img/s, compile {train['compile_s']:.1f} s")
+        f"{train['images_per_s']:.1f} img/s, compile {train['compile_s']:.1f} s"
+        + (f", batch as {micro} microbatches" if micro > 1 else ""))
   for name, r in results.get("sample", {}).items():
     add("sample " + name, name, r["s_per_step"], "s/step", f"loop compile {r['compile_s']:.1f} s")
   sample = results.get("sample", {})
@@ -372,7 +390,9 @@ def main(argv):
     results["config"] = json.loads(config.to_json())
     results["batch"] = _BATCH.value
     if "train" not in _SKIP.value:
-      results["train"] = bench_train(config, _BATCH.value, repeats, preset["warmup"])
+      microbatch = _MICROBATCH.value or config.train.get("microbatch", -1)
+      results["train"] = bench_train(config, _BATCH.value, repeats, preset["warmup"],
+                                     train_microbatches(_BATCH.value, microbatch))
       if _PEAK.value and "train_flops_per_image" in results["train"]:
         achieved = results["train"]["train_flops_per_image"] * results["train"]["images_per_s"]
         results["train"]["mfu"] = achieved / (_PEAK.value * 1e12)

@@ -39,8 +39,8 @@ def _conv_nhwc(x, kernel, stride: int, padding):
 def conv2d(x, kernel, stride: int, padding):
   """NHWC x HWIO convolution, [B, H, W, Cin] -> [B, H', W', Cout], `padding` ((lo, hi), (lo, hi)).
 
-  Same values and gradients as `lax.conv_general_dilated`; only the input gradient is
-  formulated differently. The autodiff rule convolves with the flipped kernel read as
+  Same values and gradients as `lax.conv_general_dilated`; both gradients are formulated as
+  canonical convolutions (the kernel gradient: see `_kernel_gradient`). The autodiff rule convolves with the flipped kernel read as
   HWOI. Inside a `lax.scan` body (the guided sampling loop) XLA:CPU then keeps that
   non-canonical kernel layout and runs the convolution through its slow generic loop
   emitter instead of Eigen (measured: +44% per guided sampling step). Here the flipped,
@@ -65,8 +65,32 @@ def _conv2d_bwd(stride, padding, residuals, grad_out):
   grad_x = jax.lax.conv_general_dilated(
       grad_out, flipped, (1, 1), transposed_padding, lhs_dilation=(stride, stride),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  grad_kernel = jax.vjp(lambda k: _conv_nhwc(x, k, stride, padding), kernel)[1](grad_out)[0]
-  return grad_x.astype(x.dtype), grad_kernel
+  return grad_x.astype(x.dtype), _kernel_gradient(x, grad_out, kernel.shape, stride, padding)
+
+
+def _kernel_gradient(x, grad_out, kernel_shape, stride: int, padding):
+  """dL/dkernel [k, k, Cin, Cout] of an NHWC x HWIO convolution, as a canonical convolution.
+
+  dK[a, b, i, o] = sum over n, h, w of x_padded[n, s*h + a, s*w + b, i] * dy[n, h, w, o]: a
+  convolution of x read as [Cin, H, W, B] (channels as batch, images as features) with dy read
+  as an HWIO kernel [H', W', B, Cout] dilated by the stride. XLA:CPU's fast convolution needs
+  exactly these layouts; outside loops it inserts the transposes itself, but inside a
+  `lax.scan` body (microbatch accumulation) it kept the autodiff rule's `f01b_i01o->01bf`
+  convolution and ran it through the generic loop emitter (train step with two microbatches
+  19x slower). The barrier keeps the transposes from being folded back into the convolution.
+  """
+  k_h, k_w = kernel_shape[0], kernel_shape[1]
+  lhs = jnp.transpose(x, (3, 1, 2, 0)).astype(grad_out.dtype)
+  rhs = jnp.transpose(grad_out, (1, 2, 0, 3))
+  lhs, rhs = jax.lax.optimization_barrier((lhs, rhs))
+  window_padding = []
+  for axis, k, (lo, hi) in ((1, k_h, padding[0]), (2, k_w, padding[1])):
+    n, m = x.shape[axis], grad_out.shape[axis]
+    # Trim the high side so that the output is exactly k wide (rows a stride skips add nothing).
+    window_padding.append((lo, max(k + stride * (m - 1) - lo - n, 0)))
+  grad = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), window_padding, rhs_dilation=(stride, stride),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jnp.transpose(grad[:, :k_h, :k_w, :], (1, 2, 0, 3))
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
