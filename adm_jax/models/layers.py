@@ -40,8 +40,8 @@ def conv2d(x, kernel, stride: int, padding):
   """NHWC x HWIO convolution, [B, H, W, Cin] -> [B, H', W', Cout], `padding` ((lo, hi), (lo, hi)).
 
   Same values and gradients as `lax.conv_general_dilated`; both gradients are formulated as
-  canonical convolutions (the kernel gradient: see `_kernel_gradient`). The autodiff rule convolves with the flipped kernel read as
-  HWOI. Inside a `lax.scan` body (the guided sampling loop) XLA:CPU then keeps that
+  canonical convolutions (the kernel gradient: see `_kernel_gradient`). For the input
+  gradient the autodiff rule convolves with the flipped kernel read as HWOI. Inside a `lax.scan` body (the guided sampling loop) XLA:CPU then keeps that
   non-canonical kernel layout and runs the convolution through its slow generic loop
   emitter instead of Eigen (measured: +44% per guided sampling step). Here the flipped,
   transposed kernel is materialised as an HWIO array behind an optimisation barrier, so
