@@ -151,15 +151,6 @@ def _single_mesh():
   return shd.create_mesh(1, jax.devices()[:1])
 
 
-def train_microbatches(batch: int, microbatch: int) -> int:
-  """Number of microbatches for a microbatch size (<= 0 or >= batch: one)."""
-  if microbatch <= 0 or microbatch >= batch:
-    return 1
-  if batch % microbatch:
-    raise app.UsageError(f"microbatch {microbatch} must divide the batch {batch}")
-  return batch // microbatch
-
-
 def bench_train(config, batch: int, repeats: int, warmup: int,
                 microbatches: int = 1) -> Dict[str, Any]:
   model, step, state, data = build_train(config, batch, microbatches)
@@ -391,8 +382,11 @@ def main(argv):
     results["batch"] = _BATCH.value
     if "train" not in _SKIP.value:
       microbatch = _MICROBATCH.value or config.train.get("microbatch", -1)
-      results["train"] = bench_train(config, _BATCH.value, repeats, preset["warmup"],
-                                     train_microbatches(_BATCH.value, microbatch))
+      try:  # the bench's train step runs on one device
+        microbatches = step_lib.microbatch_count(_BATCH.value, microbatch)
+      except ValueError as e:
+        raise app.UsageError(f"--microbatch / --batch: {e}") from e
+      results["train"] = bench_train(config, _BATCH.value, repeats, preset["warmup"], microbatches)
       if _PEAK.value and "train_flops_per_image" in results["train"]:
         achieved = results["train"]["train_flops_per_image"] * results["train"]["images_per_s"]
         results["train"]["mfu"] = achieved / (_PEAK.value * 1e12)

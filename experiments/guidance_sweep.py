@@ -43,8 +43,10 @@ def main():
   parser.add_argument("--scales", default="0,1,4,10")
   parser.add_argument("--num", type=int, default=1000)
   parser.add_argument("--kind", default="classifier", choices=["classifier", "cfg"])
-  parser.add_argument("--extra", default="", help="more --config.x=y flags, space separated; pass as --extra='--config.x=y ...' "
-                      "(with '=': argparse reads a separate value starting with '--' as an option)")
+  parser.add_argument("--extra", default="",
+                      help="more --config.x=y flags, space separated; pass as "
+                      "--extra='--config.x=y ...' (with '=': argparse reads a separate "
+                      "value starting with '--' as an option)")
   parser.add_argument("--tag", default="guidance",
                       help="prefix of the per-scale output folders (WORKDIR/TAG_KIND_SCALE)")
   parser.add_argument("--reference_num", type=int, default=0,

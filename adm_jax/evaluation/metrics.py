@@ -90,9 +90,10 @@ def manifold_radii(features: np.ndarray, k: int = 3, batch: int = 10000) -> np.n
 def nearest_distances(points: np.ndarray, reference: np.ndarray, batch: int = 500) -> np.ndarray:
   """Euclidean distance [N] from each point [N, D] to its nearest point of `reference` [M, D]."""
   reference = jnp.asarray(reference, jnp.float32)
-  out = [np.sqrt(np.asarray(_squared_distances(jnp.asarray(points[start:start + batch], jnp.float32),
-                                               reference)).min(axis=1))
-         for start in range(0, len(points), batch)]
+  out = []
+  for start in range(0, len(points), batch):
+    rows = jnp.asarray(points[start:start + batch], jnp.float32)
+    out.append(np.sqrt(np.asarray(_squared_distances(rows, reference)).min(axis=1)))
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 

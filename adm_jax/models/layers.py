@@ -41,11 +41,12 @@ def conv2d(x, kernel, stride: int, padding):
 
   Same values and gradients as `lax.conv_general_dilated`; both gradients are formulated as
   canonical convolutions (the kernel gradient: see `_kernel_gradient`). For the input
-  gradient the autodiff rule convolves with the flipped kernel read as HWOI. Inside a `lax.scan` body (the guided sampling loop) XLA:CPU then keeps that
-  non-canonical kernel layout and runs the convolution through its slow generic loop
-  emitter instead of Eigen (measured: +44% per guided sampling step). Here the flipped,
-  transposed kernel is materialised as an HWIO array behind an optimisation barrier, so
-  the input gradient is always a canonical convolution.
+  gradient the autodiff rule convolves with the flipped kernel read as HWOI. Inside a
+  `lax.scan` body (the guided sampling loop) XLA:CPU then keeps that non-canonical kernel
+  layout and runs the convolution through its slow generic loop emitter instead of Eigen
+  (measured: +44% per guided sampling step). Here the flipped, transposed kernel is
+  materialised as an HWIO array behind an optimisation barrier, so the input gradient is
+  always a canonical convolution.
   """
   return _conv_nhwc(x, kernel, stride, padding)
 
@@ -84,11 +85,12 @@ def _kernel_gradient(x, grad_out, kernel_shape, stride: int, padding):
   rhs = jnp.transpose(grad_out, (1, 2, 0, 3))
   lhs, rhs = jax.lax.optimization_barrier((lhs, rhs))
   window_padding = []
-  for axis, k, (lo, hi) in ((1, k_h, padding[0]), (2, k_w, padding[1])):
+  for axis, k, (lo, _) in ((1, k_h, padding[0]), (2, k_w, padding[1])):
     n, m = x.shape[axis], grad_out.shape[axis]
     # Trim the high side so that the output is exactly k wide (rows a stride skips add nothing).
     window_padding.append((lo, max(k + stride * (m - 1) - lo - n, 0)))
-  grad = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), window_padding, rhs_dilation=(stride, stride),
+  grad = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), window_padding,
+                                      rhs_dilation=(stride, stride),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return jnp.transpose(grad[:, :k_h, :k_w, :], (1, 2, 0, 3))
 

@@ -57,16 +57,8 @@ def init_params_fn(model, config):
 
 
 def microbatch_count(config) -> int:
-  batch, micro = config.train.batch_size, config.train.microbatch
-  if micro is None or micro <= 0 or micro >= batch:
-    return 1
-  if batch % micro:
-    raise ValueError(f"train.microbatch={micro} must divide train.batch_size={batch}")
-  count = batch // micro
-  if (batch // jax.device_count()) % count:
-    raise ValueError(f"train.microbatch={micro}: each device's share of the batch "
-                     f"({batch // jax.device_count()}) must split into {count} microbatches")
-  return count
+  return step_lib.microbatch_count(config.train.batch_size, config.train.microbatch,
+                                   jax.device_count())
 
 
 class Trainer:

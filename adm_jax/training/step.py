@@ -58,6 +58,20 @@ def _split_microbatches(tree, num_micro: int):
   return jax.tree.map(split, tree)
 
 
+def microbatch_count(batch: int, microbatch: Optional[int], devices: int = 1) -> int:
+  """How many microbatches of size `microbatch` a global batch splits into (None, <= 0 or
+  >= batch: one); each of `devices` devices' equal shares must split the same way."""
+  if microbatch is None or microbatch <= 0 or microbatch >= batch:
+    return 1
+  if batch % microbatch:
+    raise ValueError(f"train.microbatch={microbatch} must divide train.batch_size={batch}")
+  count = batch // microbatch
+  if (batch // devices) % count:
+    raise ValueError(f"train.microbatch={microbatch}: each device's share of the batch "
+                     f"({batch // devices}) must split into {count} microbatches")
+  return count
+
+
 def make_train_step(apply_fn: Callable, diffusion: diff.GaussianDiffusion, sampler,
                     tx: optax.GradientTransformation, ema_rates: Sequence[float], *,
                     microbatches: int = 1, p_uncond: float = 0.0, null_label: int = -1,
