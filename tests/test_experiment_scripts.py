@@ -1,4 +1,5 @@
-"""Helpers of the sweep scripts in experiments/: reference batches; the diagnostics script loads."""
+"""Scripts in experiments/: the sweep's reference batches; the diagnostics script loads; the
+convolution benchmark times its three parts."""
 import importlib.util
 import os
 
@@ -30,3 +31,10 @@ def test_precision_diagnostics_script_loads():
   # this catches a script that no longer imports.
   diagnostics = _load("precision_diagnostics")
   assert callable(diagnostics.main)
+
+
+def test_conv_kernels_script_times_all_three_parts():
+  # The per-shape convolution benchmark (experiments/conv_kernels.py), on a tiny shape.
+  times = _load("conv_kernels").jax_times(1, 4, 2, 3, repeats=1)
+  assert sorted(times) == ["forward", "input_grad", "kernel_grad"]
+  assert all(value > 0 for value in times.values())
