@@ -9,6 +9,8 @@ Measures, after warm-up, medians over repeats (block_until_ready around each cal
     (preset `memory`), float32 / bfloat16, with and without remat.
 Presets: cpu_quick (bench32 config, batch 16, few repeats: < 5 min on 2 cores), bench32
 (more repeats), memory, or --config=FILE.py / FILE.json for any model.
+--profile=DIR also traces a few train steps with jax.profiler and prints the op kinds that took
+the most time.
 """
 from adm_jax import xla_env  # noqa: F401  (XLA flags before jax starts)
 
@@ -51,6 +53,9 @@ _SKIP = flags.DEFINE_list("skip", [], "Parts to skip: train, sample, guided, cfg
 _COMPARE = flags.DEFINE_string(
     "compare", "", "JSON written by ../shared/ref-harness/bench.py (--out): its medians are "
     "printed beside ours, with the ratio ours / reference.")
+_PROFILE = flags.DEFINE_string(
+    "profile", "", "Directory: also trace 3 train steps with jax.profiler there (open it with "
+    "XProf / TensorBoard's profile plugin) and print the op kinds taking the most time.")
 _MEMORY_CONFIGS = flags.DEFINE_list("memory_configs", [], "Configs for --preset=memory "
                                     "(names in configs/; default: every released one).")
 
@@ -152,7 +157,7 @@ def _single_mesh():
 
 
 def bench_train(config, batch: int, repeats: int, warmup: int,
-                microbatches: int = 1) -> Dict[str, Any]:
+                microbatches: int = 1, profile_dir: str = "") -> Dict[str, Any]:
   model, step, state, data = build_train(config, batch, microbatches)
   stats, compiled = compile_stats(step, state, data)
   holder = {"state": state}
@@ -162,6 +167,8 @@ def bench_train(config, batch: int, repeats: int, warmup: int,
     return metrics["weighted_loss"]
 
   result = timed(one, repeats, warmup)
+  if profile_dir:
+    result["profile"] = profile_steps(one, profile_dir, steps=3)
   result.update(stats)
   result["images_per_s"] = batch / result["median_s"]
   result["microbatches"] = microbatches
@@ -170,6 +177,50 @@ def bench_train(config, batch: int, repeats: int, warmup: int,
     result["train_flops_per_image"] = stats["flops"] / batch
   del model
   return result
+
+
+def profile_steps(fn: Callable[[], Any], directory: str, steps: int = 3) -> Dict[str, Any]:
+  """Runs fn `steps` times under jax.profiler.trace(directory); returns the op summary."""
+  os.makedirs(directory, exist_ok=True)
+  with jax.profiler.trace(directory):
+    for _ in range(steps):
+      jax.block_until_ready(fn())
+  return {"dir": directory, "steps": steps, "top_ops": op_time_summary(directory, steps)}
+
+
+def op_time_summary(directory: str, steps: int, top: int = 15) -> List[Dict[str, Any]]:
+  """Op kinds (XLA instruction names without their .N suffix) by traced time per step.
+
+  Sums the events of XLA's op lines (CPU: the runtime's threads; GPU / TPU: the device's "XLA
+  Ops" line) in the newest trace under `directory`. On CPU the events are thread time, and
+  convolutions, which run asynchronously on the intra-op pool, appear only with their dispatch.
+  """
+  paths = sorted((os.path.join(root, name) for root, _, names in os.walk(directory)
+                  for name in names if name.endswith(".xplane.pb")), key=os.path.getmtime)
+  profile_data = getattr(jax.profiler, "ProfileData", None)
+  if not paths or profile_data is None:  # ProfileData: jax >= 0.5
+    return []
+  totals: Dict[str, float] = {}
+  counts: Dict[str, int] = {}
+  for plane in profile_data.from_file(paths[-1]).planes:
+    for line in plane.lines:
+      if not ("XLA" in line.name and (plane.name.startswith("/host") or line.name == "XLA Ops")):
+        continue
+      for event in line.events:
+        if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
+          continue
+        kind = event.name.rsplit(".", 1)[0] if event.name.rsplit(".", 1)[-1].isdigit() else event.name
+        totals[kind] = totals.get(kind, 0.0) + event.duration_ns / 1e6 / steps
+        counts[kind] = counts.get(kind, 0) + 1
+  ranked = sorted(totals, key=totals.get, reverse=True)[:top]
+  return [{"op": k, "ms_per_step": totals[k], "count_per_step": counts[k] / steps} for k in ranked]
+
+
+def print_profile(profile: Dict[str, Any]) -> None:
+  print(f"\nprofile of {profile['steps']} train steps in {profile['dir']} (thread time per step; "
+        "on CPU convolutions are asynchronous and show only their dispatch)")
+  for row in profile["top_ops"]:
+    print(f"  {row['op']:32s} {row['ms_per_step']:9.2f} ms  {row['count_per_step']:7.1f} / step")
 
 
 def bench_sample(config, batch: int, steps: int, repeats: int, warmup: int,
@@ -393,7 +444,8 @@ def main(argv):
         microbatches = step_lib.microbatch_count(_BATCH.value, microbatch)
       except ValueError as e:
         raise app.UsageError(f"--microbatch / --batch: {e}") from e
-      results["train"] = bench_train(config, _BATCH.value, repeats, preset["warmup"], microbatches)
+      results["train"] = bench_train(config, _BATCH.value, repeats, preset["warmup"], microbatches,
+                                     profile_dir=_PROFILE.value)
       if _PEAK.value and "train_flops_per_image" in results["train"]:
         achieved = results["train"]["train_flops_per_image"] * results["train"]["images_per_s"]
         results["train"]["mfu"] = achieved / (_PEAK.value * 1e12)
@@ -405,6 +457,8 @@ def main(argv):
     if _COMPARE.value:
       results["reference"] = reference_medians(_COMPARE.value)
     print_table(results)
+    if "profile" in results.get("train", {}):
+      print_profile(results["train"]["profile"])
   with open(_OUT.value, "w") as f:
     json.dump(results, f, indent=2)
   print(f"results written to {_OUT.value}", file=sys.stderr)

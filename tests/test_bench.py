@@ -24,9 +24,16 @@ def tiny_bench_config():
 
 def test_train_sample_and_components_report(tmp_path):
   config = tiny_bench_config()
-  train = bench.bench_train(config, batch=2, repeats=1, warmup=0)
+  train = bench.bench_train(config, batch=2, repeats=1, warmup=0,
+                            profile_dir=str(tmp_path / "profile"))
   assert train["median_s"] > 0 and train["images_per_s"] > 0 and train["compile_s"] > 0
   assert train["params"] > 0 and train["train_flops_per_image"] > 0
+  # --profile: a trace on disk and the op kinds that took the most time in it.
+  assert list((tmp_path / "profile").rglob("*.xplane.pb"))
+  top = train["profile"]["top_ops"]
+  assert top and all(r["ms_per_step"] > 0 and r["count_per_step"] > 0 for r in top)
+  assert [r["ms_per_step"] for r in top] == sorted((r["ms_per_step"] for r in top), reverse=True)
+  bench.print_profile(train["profile"])
   sample = bench.bench_sample(config, batch=2, steps=2, repeats=1, warmup=0, skip=[])
   assert set(sample) == {f"{s}_{k}" for s in ("ddpm", "ddim") for k in ("unguided", "classifier", "cfg")}
   for r in sample.values():
