@@ -209,7 +209,8 @@ def op_time_summary(directory: str, steps: int, top: int = 15) -> List[Dict[str,
       for event in line.events:
         if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
           continue
-        kind = event.name.rsplit(".", 1)[0] if event.name.rsplit(".", 1)[-1].isdigit() else event.name
+        stem, _, suffix = event.name.rpartition(".")
+        kind = stem if stem and suffix.isdigit() else event.name
         totals[kind] = totals.get(kind, 0.0) + event.duration_ns / 1e6 / steps
         counts[kind] = counts.get(kind, 0) + 1
   ranked = sorted(totals, key=totals.get, reverse=True)[:top]

@@ -35,6 +35,8 @@ PADDING = ((1, 1), (1, 1))
 
 
 def median_ms(fn, repeats: int) -> float:
+  # Not adm_jax.bench.timed: the torch child process must not import jax; one helper keeps the
+  # protocol (3 warm-ups, median of `repeats`) the same for both backends.
   for _ in range(3):
     fn()
   times = []

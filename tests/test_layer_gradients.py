@@ -57,6 +57,13 @@ def test_group_norm_values_and_gradients_equal_autodiff(shape, silu):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
+def _assert_only_canonical_convolutions(hlo: str):
+  """Every convolution of compiled HLO text is NHWC x HWIO (XLA:CPU's fast Eigen path)."""
+  labels = re.findall(r"convolution\([^)]*\).*?dim_labels=([a-z0-9_>-]+)", hlo)
+  assert len(labels) > 10
+  assert all(lab == "b01f_01io->b01f" for lab in labels), sorted(set(labels))
+
+
 def test_guided_sampling_loop_has_only_canonical_convolutions():
   # With the autodiff rule XLA:CPU kept the flipped kernel as HWOI ("01oi") inside the
   # scan body and ran those convolutions through its slow generic emitter.
@@ -79,9 +86,7 @@ def test_guided_sampling_loop_has_only_canonical_convolutions():
 
   hlo = jax.jit(loop).lower(params, clf_params, jax.random.PRNGKey(0)).compile().as_text()
   assert " while(" in hlo  # the loop is one scan
-  labels = re.findall(r"convolution\([^)]*\).*?dim_labels=([a-z0-9_>-]+)", hlo)
-  assert len(labels) > 10
-  assert all(lab == "b01f_01io->b01f" for lab in labels), sorted(set(labels))
+  _assert_only_canonical_convolutions(hlo)
 
 
 def test_microbatched_train_step_has_only_canonical_convolutions():
@@ -92,6 +97,4 @@ def test_microbatched_train_step_has_only_canonical_convolutions():
   _, step, state, data = bench.build_train(tiny_bench_config(), 4, microbatches=2)
   hlo = step.lower(state, data).compile().as_text()
   assert " while(" in hlo  # the microbatches are one scan
-  labels = re.findall(r"convolution\([^)]*\).*?dim_labels=([a-z0-9_>-]+)", hlo)
-  assert len(labels) > 10
-  assert all(lab == "b01f_01io->b01f" for lab in labels), sorted(set(labels))
+  _assert_only_canonical_convolutions(hlo)
