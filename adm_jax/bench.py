@@ -12,8 +12,6 @@ Presets: cpu_quick (bench32 config, batch 16, few repeats: < 5 min on 2 cores), 
 --profile=DIR also traces a few train steps with jax.profiler and prints the op kinds that took
 the most time.
 """
-from adm_jax import xla_env  # noqa: F401  (XLA flags before jax starts)
-
 import json
 import os
 import statistics
@@ -29,11 +27,13 @@ import ml_collections
 import numpy as np
 
 from adm_jax import config_base
-from adm_jax import diffusion as diff
+from adm_jax import experiment
 from adm_jax import guidance
-from adm_jax import models
+from adm_jax import sampling
+from adm_jax import sharding as shd
+from adm_jax import xla_env
 from adm_jax.training import state as state_lib
-from adm_jax.training import step as step_lib
+from adm_jax.training import update
 
 BENCH32 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
                        "ref-harness", "configs_bench32.json")
@@ -123,43 +123,38 @@ def compile_stats(jitted, *args) -> Dict[str, Any]:
   return out, compiled
 
 
-def build_train(config, batch: int, microbatches: int = 1):
-  """(jitted train step, state, batch) for a config, single device, uniform t sampler;
-  `microbatches` > 1 accumulates the gradient over that many equal parts of the batch."""
-  model = models.create_model(config_base.model_config_for_training(config))
-  gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, ""))
-  sampler = diff.create_named_schedule_sampler("uniform", gd.num_timesteps)
-  tx = state_lib.create_optimizer(config.train.lr)
-  size, ch = config.model.image_size, config.model.in_channels
-  cond = config.model.class_cond
-
-  def init(key):
-    y = jnp.zeros((1,), jnp.int32) if cond else None
-    return model.init({"params": key}, jnp.zeros((1, size, size, ch)), jnp.zeros((1,), jnp.int32),
-                      y=y, train=False)["params"]
-
-  def apply_fn(params, x, t, y=None, rng=None, train=False):
-    return model.apply({"params": params}, x, t, y=y, train=False)
-
-  state = state_lib.init_train_state(init, tx, sampler, (0.9999,), 0,
-                                     _single_mesh())[0]
-  step = step_lib.make_train_step(apply_fn, gd, sampler, tx, (0.9999,), class_cond=cond,
-                                  microbatches=microbatches)
-  rng = np.random.default_rng(0)
-  data = {"image": jnp.asarray(rng.uniform(-1, 1, (batch, size, size, ch)), jnp.float32),
-          "label": jnp.asarray(rng.integers(0, config.model.num_classes, batch), jnp.int32)}
-  return model, step, state, data
+def bench_config(config, batch: int, microbatch: int = 0) -> ml_collections.ConfigDict:
+  """The config with the benchmark's global batch (and microbatch size, 0: the config's)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.batch_size = batch
+  if microbatch:
+    config.train.microbatch = microbatch
+  return config
 
 
-def _single_mesh():
-  from adm_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+def single_device_mesh():
   return shd.create_mesh(1, jax.devices()[:1])
 
 
-def bench_train(config, batch: int, repeats: int, warmup: int,
-                microbatches: int = 1, profile_dir: str = "") -> Dict[str, Any]:
-  model, step, state, data = build_train(config, batch, microbatches)
-  stats, compiled = compile_stats(step, state, data)
+def random_batch(exp: experiment.Experiment) -> Dict[str, jax.Array]:
+  """A fixed batch of uniform images in [-1, 1] and labels for the train step."""
+  rng = np.random.default_rng(0)
+  n = exp.batch_size
+  return {"image": jnp.asarray(rng.uniform(-1, 1, (n,) + exp.image_shape), jnp.float32),
+          "label": jnp.asarray(rng.integers(0, exp.config.model.num_classes, n), jnp.int32)}
+
+
+def build_train(config, batch: int, microbatch: int = 0) -> experiment.Experiment:
+  """The production train step of a config (experiment.build: its timestep sampler, dropout,
+  EMA, optimizer and microbatching) at the benchmark's batch, on one device."""
+  return experiment.build(bench_config(config, batch, microbatch), single_device_mesh())
+
+
+def bench_train(config, batch: int, repeats: int, warmup: int, microbatch: int = 0,
+                profile_dir: str = "") -> Dict[str, Any]:
+  exp = build_train(config, batch, microbatch)
+  state, data = exp.init_state(), random_batch(exp)
+  stats, compiled = compile_stats(exp.train_step, state, data)
   holder = {"state": state}
 
   def one():
@@ -171,11 +166,12 @@ def bench_train(config, batch: int, repeats: int, warmup: int,
     result["profile"] = profile_steps(one, profile_dir, steps=3)
   result.update(stats)
   result["images_per_s"] = batch / result["median_s"]
-  result["microbatches"] = microbatches
+  result["microbatches"] = exp.microbatches
   result["params"] = state_lib.param_count(holder["state"].params)
   if "flops" in stats:
-    result["train_flops_per_image"] = stats["flops"] / batch
-  del model
+    # XLA's cost analysis counts a while loop's body once: with microbatches that is one
+    # microbatch's forward and backward (plus the update, which is small beside them).
+    result["train_flops_per_image"] = stats["flops"] * exp.microbatches / batch
   return result
 
 
@@ -224,52 +220,43 @@ def print_profile(profile: Dict[str, Any]) -> None:
     print(f"  {row['op']:32s} {row['ms_per_step']:9.2f} ms  {row['count_per_step']:7.1f} / step")
 
 
+def _random_networks(config):
+  """(UNet apply_fn, its params, classifier apply_fn, its params) with random weights."""
+  model, init_unet = experiment.diffusion_network(config)
+  classifier, init_classifier = experiment.classifier_network(config)
+  apply_fn = lambda p, x, t, y, **kw: model.apply({"params": p}, x, t, y=y, train=False, **kw)
+  classifier_fn = lambda p, x, t: classifier.apply({"params": p}, x, t, train=False)
+  return (apply_fn, jax.jit(init_unet)(jax.random.PRNGKey(0)), classifier_fn,
+          jax.jit(init_classifier)(jax.random.PRNGKey(1)))
+
+
 def bench_sample(config, batch: int, steps: int, repeats: int, warmup: int,
                  skip: List[str]) -> Dict[str, Any]:
-  """Seconds per denoising step of full jitted loops (ancestral / DDIM x guidance kinds)."""
-  model = models.create_model(config_base.model_config_for_training(config))
-  size, ch, cond = config.model.image_size, config.model.in_channels, config.model.class_cond
-  x0 = jnp.zeros((1, size, size, ch))
-  t0 = jnp.zeros((1,), jnp.int32)
-  params = model.init(jax.random.PRNGKey(0), x0, t0,
-                      y=jnp.zeros((1,), jnp.int32) if cond else None)["params"]
-  clf_cfg = ml_collections.ConfigDict(config.classifier.to_dict())
-  clf_cfg.image_size, clf_cfg.in_channels = size, ch
-  classifier = models.create_classifier(clf_cfg)
-  clf_params = classifier.init(jax.random.PRNGKey(1), x0, t0)["params"]
-  gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, str(steps)))
+  """Seconds per denoising step of the sample mode's jitted loops (sampling.make_sample_fn:
+  ancestral / DDIM x unguided, classifier-guided, classifier-free), random weights."""
+  apply_fn, params, classifier_fn, clf_params = _random_networks(config)
+  gd = experiment.diffusion_process(config)
+  cond = config.model.class_cond
   labels = jnp.arange(batch, dtype=jnp.int32) % config.model.num_classes
-  kinds = ["unguided"]
+  kinds = {"unguided": {}}
   if "guided" not in skip:
-    kinds.append("classifier")
+    kinds["classifier"] = dict(classifier_fn=classifier_fn, classifier_scale=1.0)
   if "cfg" not in skip and cond:
-    kinds.append("cfg")
+    kinds["cfg"] = dict(cfg_scale=1.0)
+  shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
   results = {}
   for sampler in ("ddpm", "ddim"):
-    for kind in kinds:
-
-      def loop(p, cp, key, sampler=sampler, kind=kind):
-        model_fn = lambda x, t, y=None: model.apply({"params": p}, x, t, y=y if cond else None)
-        if kind == "cfg":
-          model_fn = guidance.classifier_free_model_fn(model_fn, 1.0, 0)
-        cond_fn = None
-        if kind == "classifier":
-          cond_fn = guidance.classifier_cond_fn(
-              lambda x, t: classifier.apply({"params": cp}, x, t), 1.0)
-        shape = (batch, size, size, ch)
-        kw = dict(cond_fn=cond_fn, model_kwargs={"y": labels})
-        if sampler == "ddim":
-          return diff.ddim_sample_loop(gd, model_fn, shape, key, **kw)
-        return diff.p_sample_loop(gd, model_fn, shape, key, **kw)
-
-      jitted = jax.jit(loop)
+    for kind, guidance_kw in kinds.items():
+      sample_fn = sampling.make_sample_fn(
+          apply_fn, gd, shape, experiment.sampler_spec(sampler, steps, ""), class_cond=cond,
+          null_label=0, **guidance_kw)
       key = jax.random.PRNGKey(0)
-      stats, compiled = compile_stats(jitted, params, clf_params, key)
-      r = timed(lambda: compiled(params, clf_params, key), repeats, warmup)
+      stats, compiled = compile_stats(sample_fn, params, key, labels, clf_params)
+      r = timed(lambda: compiled(params, key, labels, clf_params), repeats, warmup)
       r = {"s_per_step": r["median_s"] / steps, "loop_median_s": r["median_s"],
            "steps": steps, "compile_s": stats["compile_s"], "trace_s": stats["trace_s"]}
-      if "flops" in stats:
-        r["flops_per_step_per_image"] = stats["flops"] / steps / batch
+      if "flops" in stats:  # XLA's cost analysis counts a while loop's body once
+        r["flops_per_step_per_image"] = stats["flops"] / batch
       results[f"{sampler}_{kind}"] = r
   return results
 
@@ -280,21 +267,21 @@ def bench_components(config, batch: int, repeats: int, warmup: int) -> Dict[str,
   The two pieces of a guided sampling step, timed alone (the reference harness reports the
   same two as unet_forward_nograd and classifier_grad).
   """
-  model = models.create_model(config_base.model_config_for_training(config))
+  apply_fn, params, classifier_fn, clf_params = _random_networks(config)
   size, ch, cond = config.model.image_size, config.model.in_channels, config.model.class_cond
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, ch))
   t = jnp.full((batch,), 500, jnp.int32)
   y = jnp.arange(batch, dtype=jnp.int32) % config.model.num_classes
-  params = model.init(jax.random.PRNGKey(0), x[:1], t[:1], y=y[:1] if cond else None)["params"]
-  clf_cfg = ml_collections.ConfigDict(config.classifier.to_dict())
-  clf_cfg.image_size, clf_cfg.in_channels = size, ch
-  classifier = models.create_classifier(clf_cfg)
-  clf_params = classifier.init(jax.random.PRNGKey(1), x[:1], t[:1])["params"]
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, t, y=y if cond else None))
-  grad = jax.jit(lambda cp, x: guidance.classifier_cond_fn(
-      lambda a, b: classifier.apply({"params": cp}, a, b), 1.0)(x, t, y=y))
-  return {"unet_forward_s": timed(lambda: forward(params, x), repeats, warmup)["median_s"],
-          "classifier_grad_s": timed(lambda: grad(clf_params, x), repeats, warmup)["median_s"]}
+  forward_stats, forward = compile_stats(
+      jax.jit(lambda p, x: apply_fn(p, x, t, y if cond else None)), params, x)
+  grad_stats, grad = compile_stats(jax.jit(lambda cp, x: guidance.classifier_cond_fn(
+      lambda a, b: classifier_fn(cp, a, b), 1.0)(x, t, y=y)), clf_params, x)
+  out = {"unet_forward_s": timed(lambda: forward(params, x), repeats, warmup)["median_s"],
+         "classifier_grad_s": timed(lambda: grad(clf_params, x), repeats, warmup)["median_s"]}
+  if "flops" in forward_stats and "flops" in grad_stats:
+    out["unet_forward_flops_per_image"] = forward_stats["flops"] / batch
+    out["classifier_grad_flops_per_image"] = grad_stats["flops"] / batch
+  return out
 
 
 RELEASED = ("imagenet64", "imagenet128", "imagenet256", "imagenet256_uncond", "imagenet512",
@@ -307,45 +294,17 @@ def bench_memory(configs_dir: str, names=RELEASED) -> List[Dict[str, Any]]:
   for name in names:
     for dtype in ("float32", "bfloat16"):
       for remat in (False, True):
-        config = config_base.from_config_file(os.path.join(configs_dir, name + ".py"))
+        config = bench_config(config_base.from_config_file(os.path.join(configs_dir, name + ".py")), 1)
         config.model.dtype, config.model.use_checkpoint = dtype, remat
-        model, step, state, data = _abstract_train(config)
-        stats, _ = compile_stats(step, state, data)
+        exp = experiment.build(config, single_device_mesh())
+        stats, _ = compile_stats(exp.train_step, exp.abstract_state, exp.abstract_batch())
         gib = stats.get("total_bytes", 0) / 2 ** 30
         rows.append({"config": name, "dtype": dtype, "remat": remat, "GiB": gib,
+                     "params": state_lib.param_count(exp.abstract_state.params),
                      "fits_16": gib <= 16, "fits_32": gib <= 32, "fits_80": gib <= 80,
                      "train_flops_per_image": stats.get("flops")})
         print(f"{name:20s} {dtype:9s} remat={remat!s:5s} {gib:8.2f} GiB", flush=True)
-        del model
   return rows
-
-
-def _abstract_train(config):
-  """Like build_train at batch 1 but with abstract state and batch (nothing allocated)."""
-  model = models.create_model(config_base.model_config_for_training(config))
-  gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, ""))
-  sampler = diff.create_named_schedule_sampler("uniform", gd.num_timesteps)
-  tx = state_lib.create_optimizer(config.train.lr)
-  size, ch, cond = config.model.image_size, config.model.in_channels, config.model.class_cond
-  kw = {}
-  if config.model.get("small_size", 0):
-    kw["low_res"] = jnp.zeros((1, config.model.small_size, config.model.small_size, ch))
-
-  def init(key):
-    y = jnp.zeros((1,), jnp.int32) if cond else None
-    return model.init({"params": key}, jnp.zeros((1, size, size, ch)), jnp.zeros((1,), jnp.int32),
-                      y=y, train=False, **kw)["params"]
-
-  def apply_fn(params, x, t, y=None, rng=None, train=False):
-    extra = {k: jnp.zeros((x.shape[0],) + v.shape[1:]) for k, v in kw.items()}
-    return model.apply({"params": params}, x, t, y=y, train=False, **extra)
-
-  state, _ = state_lib.init_train_state(init, tx, sampler, (0.9999,), 0, _single_mesh(),
-                                        abstract_only=True)
-  step = step_lib.make_train_step(apply_fn, gd, sampler, tx, (0.9999,), class_cond=cond)
-  data = {"image": jax.ShapeDtypeStruct((1, size, size, ch), jnp.float32),
-          "label": jax.ShapeDtypeStruct((1,), jnp.int32)}
-  return model, step, state, data
 
 
 # Our result name -> the reference harness's JSON key (medians of the same measurement).
@@ -397,7 +356,8 @@ def table_rows(results: Dict[str, Any]) -> List[List[str]]:
       r_over = f"{100 * (r_guided / r_plain - 1):.0f}%" if r_plain and r_guided else "-"
       rows.append([f"{sampler} guidance overhead", f"{100 * overhead:.0f}%", "", r_over, "-", ""])
   for key, value in results.get("components", {}).items():
-    add(key.replace("_s", ""), key, value, "s")
+    if key.endswith("_s"):
+      add(key[:-len("_s")], key, value, "s")
   return rows
 
 
@@ -421,6 +381,7 @@ def print_memory_table(rows: List[Dict[str, Any]]) -> None:
 
 def main(argv):
   del argv
+  xla_env.configure_for_cpu()
   preset = PRESETS.get(_PRESET.value)
   if preset is None:
     raise app.UsageError(f"unknown --preset {_PRESET.value!r}; expected one of {list(PRESETS)}")
@@ -440,13 +401,12 @@ def main(argv):
     results["config"] = json.loads(config.to_json())
     results["batch"] = _BATCH.value
     if "train" not in _SKIP.value:
-      microbatch = _MICROBATCH.value or config.train.get("microbatch", -1)
       try:  # the bench's train step runs on one device
-        microbatches = step_lib.microbatch_count(_BATCH.value, microbatch)
+        update.microbatch_count(_BATCH.value, _MICROBATCH.value or config.train.microbatch)
       except ValueError as e:
         raise app.UsageError(f"--microbatch / --batch: {e}") from e
-      results["train"] = bench_train(config, _BATCH.value, repeats, preset["warmup"], microbatches,
-                                     profile_dir=_PROFILE.value)
+      results["train"] = bench_train(config, _BATCH.value, repeats, preset["warmup"],
+                                     _MICROBATCH.value, profile_dir=_PROFILE.value)
       if _PEAK.value and "train_flops_per_image" in results["train"]:
         achieved = results["train"]["train_flops_per_image"] * results["train"]["images_per_s"]
         results["train"]["mfu"] = achieved / (_PEAK.value * 1e12)

@@ -10,8 +10,6 @@ GroupNorm weight → scale; attention-pool positional embedding (C, T) → (T, C
 writes an orbax checkpoint of {'params'} plus `adm_jax_model.json` (kind and flags) that
 `load_converted(DIR)` and `--mode=sample` (sample.checkpoint_path=DIR) read.
 """
-from adm_jax import xla_env  # noqa: F401  (XLA flags before jax starts)
-
 import json
 import os
 import re

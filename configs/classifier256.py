@@ -6,11 +6,8 @@ The reference trains it with AdamW (lr 3e-4, weight decay 0.05, linear anneal), 
 random crops, on x_t noised by the diffusion process of configs/imagenet256.py.
 Checkpoint: 256x256_classifier.pt.
 """
-import os
-
 from adm_jax import config_base
 
 
 def get_config():
-  here = os.path.dirname(os.path.abspath(__file__))
-  return config_base.imagenet_classifier_config(os.path.join(here, "imagenet256.py"), depth=2)
+  return config_base.imagenet_classifier_config("imagenet:256", depth=2)

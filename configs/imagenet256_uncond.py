@@ -5,14 +5,11 @@ Launch (every host of a pod slice runs the same command):
 Paper: unconditional FID 26.21; with classifier guidance (scale 10.0) FID 12.00, sFID 10.40,
 precision 0.76, recall 0.44. Otherwise as configs/imagenet256.py. Checkpoint: 256x256_diffusion_uncond.pt.
 """
-import os
-
 from adm_jax import config_base
 
 
 def get_config():
-  c = config_base.from_config_file(
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet256.py"))
+  c = config_base.from_config_file("imagenet:256")
   c.model.class_cond = False
   c.sample.classifier_scale = 10.0
   return c

@@ -5,11 +5,8 @@ Launch (every host of a pod slice runs the same command):
 Paper: FID 5.57 (1000 steps, dropout 0.1). Same network and training recipe as
 configs/lsun_bedroom.py. Checkpoint: lsun_cat.pt.
 """
-import os
-
 from adm_jax import config_base
 
 
 def get_config():
-  return config_base.from_config_file(
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsun_bedroom.py"))
+  return config_base.from_config_file("lsun_bedroom")

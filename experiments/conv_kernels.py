@@ -47,11 +47,11 @@ def median_ms(fn, repeats: int) -> float:
   return float(np.median(times) * 1e3)
 
 
-def jax_times(batch, size, cin, cout, repeats):
-  """Milliseconds of forward, input gradient, kernel gradient with adm_jax's conv2d rules."""
+def jax_functions(batch, size, cin, cout):
+  """The three jitted parts of adm_jax's conv2d (forward, input gradient, kernel gradient) and
+  their inputs: {part: (fn, args)}."""
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
-  from adm_jax import xla_env  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import jax  # pylint: disable=g-import-not-at-top
   from adm_jax.models import layers  # pylint: disable=g-import-not-at-top
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -61,11 +61,15 @@ def jax_times(batch, size, cin, cout, repeats):
   forward = jax.jit(lambda x, k: layers.conv2d(x, k, 1, PADDING))
   input_grad = jax.jit(lambda x, k, g: jax.vjp(lambda a: layers.conv2d(a, k, 1, PADDING), x)[1](g))
   kernel_grad = jax.jit(lambda x, k, g: jax.vjp(lambda b: layers.conv2d(x, b, 1, PADDING), k)[1](g))
-  return {"forward": median_ms(lambda: jax.block_until_ready(forward(x, kernel)), repeats),
-          "input_grad": median_ms(
-              lambda: jax.block_until_ready(input_grad(x, kernel, grad_out)), repeats),
-          "kernel_grad": median_ms(
-              lambda: jax.block_until_ready(kernel_grad(x, kernel, grad_out)), repeats)}
+  return {"forward": (forward, (x, kernel)), "input_grad": (input_grad, (x, kernel, grad_out)),
+          "kernel_grad": (kernel_grad, (x, kernel, grad_out))}
+
+
+def jax_times(batch, size, cin, cout, repeats):
+  """Milliseconds of forward, input gradient, kernel gradient with adm_jax's conv2d rules."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return {part: median_ms(lambda fn=fn, args=args: jax.block_until_ready(fn(*args)), repeats)
+          for part, (fn, args) in jax_functions(batch, size, cin, cout).items()}
 
 
 def torch_times(batch, size, cin, cout, repeats):
@@ -116,6 +120,10 @@ def main():
       json.dump([[list(shape), torch_times(args.batch, *shape, args.repeats)] for shape in SHAPES], f)
     return
   reference = torch_table(args)
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  from adm_jax import xla_env  # pylint: disable=g-import-not-at-top
+  xla_env.configure_for_cpu()  # before JAX starts its CPU backend, as the entry points do
   jax_times(args.batch, *SHAPES[0], 5)  # the first timings of a process run slow: discarded
   rows = []
   print(f"{'H=W':>4} {'Cin':>4} {'Cout':>4} | " + " | ".join(

@@ -24,21 +24,24 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from adm_jax import xla_env  # noqa: F401,E402  pylint: disable=unused-import,wrong-import-position
+from adm_jax import xla_env  # noqa: E402  pylint: disable=wrong-import-position
 from adm_jax.evaluation import api, feature_net, metrics  # noqa: E402  pylint: disable=wrong-import-position
 from experiments.guidance_sweep import cached_reference  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--glob", default="guidance_*")
-  args = parser.parse_args()
+  parser.add_argument("--reference_num", type=int, default=10000,
+                      help="real images per split (the first N of each)")
+  args = parser.parse_args(argv)
+  sizes = sorted({min(n, args.reference_num) for n in (400, 1000, 10000)})
   module, params = feature_net.load()
   feature_fn = feature_net.make_feature_fn(params, module)
   refs = {}
   for split in ("test", "train"):
-    batch = api.load_batch(cached_reference(args.workdir, split, 10000))
+    batch = api.load_batch(cached_reference(args.workdir, split, args.reference_num))
     refs[split] = (api.extract_features(batch["images"], feature_fn, desc=split)["pool"],
                    batch["labels"])
   real_nn = np.median(metrics.nearest_distances(refs["test"][0][:2000], refs["train"][0]))
@@ -53,7 +56,7 @@ def main():
     predicted = feats["logits"].argmax(axis=1)
     line = [os.path.basename(folder), f"n={len(pool)}", f"acc={np.mean(predicted == labels):.3f}"]
     for split in ("test", "train"):
-      for n in (400, 1000, 10000):
+      for n in sizes:
         p, r = metrics.precision_recall(refs[split][0][:n], pool)
         line.append(f"{split}{n}:P{p:.3f}/R{r:.3f}")
     per_class = []
@@ -62,7 +65,8 @@ def main():
       real = refs["train"][0][refs["train"][1] == c][:1000]
       if len(own) > 3:
         per_class.append(metrics.precision_recall(real, own))
-    line.append("classcond P%.3f/R%.3f" % tuple(np.mean(per_class, axis=0)))
+    line.append("classcond P%.3f/R%.3f" % tuple(np.mean(per_class, axis=0)) if per_class
+                else "classcond -")
     line.append(f"nn/real {np.median(metrics.nearest_distances(pool, refs['train'][0])) / real_nn:.3f}")
     line.append(f"norm/real {np.linalg.norm(pool, axis=1).mean() / train_norm:.3f}")
     line.append("predhist " + ",".join(str(x) for x in np.bincount(predicted, minlength=10)))

@@ -9,7 +9,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
 
-from adm_jax import xla_env  # noqa: F401,E402  (adds the CPU convolution flag)
+from adm_jax import xla_env  # noqa: E402
+
+xla_env.configure_for_cpu()  # the CPU convolution flag, as the entry points set it
 
 import numpy as np
 import pytest

@@ -12,7 +12,9 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from adm_jax import xla_env  # noqa: F401,E402
+from adm_jax import xla_env  # noqa: E402
+
+xla_env.configure_for_cpu()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

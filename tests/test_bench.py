@@ -1,15 +1,20 @@
-"""python -m adm_jax.bench on tiny models: every measurement runs and the table reads right.
+"""python -m adm_jax.bench on tiny models: it times the production step, and its figures are
+consistent with each other (FLOPs of the parts add up, rates follow from the times).
 
-No timing is asserted (benchmarks measure, tests check that they run and report).
+No speed is asserted (benchmarks measure; tests check what they measure and report).
 """
 import json
 import subprocess
 import sys
 import textwrap
+import time
 
+import jax
 import pytest
 
 from adm_jax import bench
+from adm_jax import experiment
+from adm_jax import sharding as shd
 from conftest import REPO_ROOT
 from test_training_loop import tiny_config
 
@@ -22,24 +27,67 @@ def tiny_bench_config():
   return c
 
 
+@pytest.mark.slow  # compiles train steps and sampling loops
+def test_bench_times_the_step_that_training_runs(tmp_path):
+  # The same builder output: the train step `python -m adm_jax.main` runs (the loop spec of
+  # experiment.build, with the config's loss-second-moment sampler, dropout, EMA and
+  # microbatches) lowers to the same program as the one the benchmark times.
+  config = tiny_bench_config()
+  config.model.dropout = 0.1
+  config.train.update(batch_size=4, microbatch=2)
+  mesh = shd.create_mesh(1, jax.devices()[:1])
+  spec = experiment.loop_spec(experiment.build(config, mesh), str(tmp_path))
+  timed = bench.build_train(config, batch=4)
+  assert timed.microbatches == 2 and timed.timestep_sampler.name == "loss-second-moment"
+  args = (timed.abstract_state, timed.abstract_batch())
+  assert timed.train_step.lower(*args).as_text() == spec.train_step.lower(*args).as_text()
+  # A different step (no microbatches) lowers differently: the comparison can fail.
+  other = bench.build_train(config, batch=4, microbatch=4)
+  assert other.train_step.lower(*args).as_text() != spec.train_step.lower(*args).as_text()
+
+
+def test_timed_reports_medians_of_the_calls():
+  calls = []
+
+  def work():
+    calls.append(1)
+    time.sleep(0.02)
+    return jax.numpy.zeros(())
+
+  r = bench.timed(work, repeats=3, warmup=2)
+  assert len(calls) == 5 and r["n"] == 3
+  assert 0.02 <= r["min_s"] <= r["median_s"] <= r["max_s"] < 1.0
+
+
+@pytest.mark.slow  # compiles train steps and sampling loops
 def test_train_sample_and_components_report(tmp_path):
   config = tiny_bench_config()
   train = bench.bench_train(config, batch=2, repeats=1, warmup=0,
                             profile_dir=str(tmp_path / "profile"))
-  assert train["median_s"] > 0 and train["images_per_s"] > 0 and train["compile_s"] > 0
-  assert train["params"] > 0 and train["train_flops_per_image"] > 0
-  # --profile: a trace on disk and the op kinds that took the most time in it.
+  assert train["images_per_s"] == pytest.approx(2 / train["median_s"])
+  assert train["params"] == bench.state_lib.param_count(
+      experiment.build(bench.bench_config(config, 2), bench.single_device_mesh()).abstract_state.params)
+  # --profile: a trace on disk and the op kinds that took the most time in it, sorted.
   assert list((tmp_path / "profile").rglob("*.xplane.pb"))
   top = train["profile"]["top_ops"]
-  assert top and all(r["ms_per_step"] > 0 and r["count_per_step"] > 0 for r in top)
   assert [r["ms_per_step"] for r in top] == sorted((r["ms_per_step"] for r in top), reverse=True)
+  assert any("conv" in r["op"] for r in top), top  # a UNet step spends time in convolutions
   bench.print_profile(train["profile"])
+
   sample = bench.bench_sample(config, batch=2, steps=2, repeats=1, warmup=0, skip=[])
   assert set(sample) == {f"{s}_{k}" for s in ("ddpm", "ddim") for k in ("unguided", "classifier", "cfg")}
   for r in sample.values():
-    assert r["s_per_step"] > 0 and r["steps"] == 2 and r["compile_s"] > 0
+    assert r["steps"] == 2 and r["s_per_step"] == pytest.approx(r["loop_median_s"] / 2)
   components = bench.bench_components(config, batch=2, repeats=1, warmup=0)
-  assert components["unet_forward_s"] > 0 and components["classifier_grad_s"] > 0
+  # FLOPs add up: an unguided step is one UNet forward; classifier-free guidance doubles the
+  # batch; a classifier-guided step adds one classifier forward + backward.
+  flops = {k: r["flops_per_step_per_image"] for k, r in sample.items()}
+  forward = components["unet_forward_flops_per_image"]
+  for s in ("ddpm", "ddim"):
+    assert flops[f"{s}_unguided"] == pytest.approx(forward, rel=0.1)
+    assert flops[f"{s}_cfg"] == pytest.approx(2 * forward, rel=0.1)
+    assert flops[f"{s}_classifier"] - flops[f"{s}_unguided"] == pytest.approx(
+        components["classifier_grad_flops_per_image"], rel=0.1)
 
   ref_path = tmp_path / "ref.json"  # the layout of ref-harness/bench.py --out
   ref_path.write_text(json.dumps({"train_step": {"median_s": 1.5 * train["median_s"]},
@@ -57,6 +105,7 @@ def test_train_sample_and_components_report(tmp_path):
   bench.print_table({"train": train, "sample": sample})
 
 
+@pytest.mark.slow  # compiles train steps and sampling loops
 def test_memory_table_for_a_config_file(tmp_path, capsys):
   (tmp_path / "tiny.py").write_text(textwrap.dedent("""
       from adm_jax import config_base
@@ -70,7 +119,10 @@ def test_memory_table_for_a_config_file(tmp_path, capsys):
   assert [(r["dtype"], r["remat"]) for r in rows] == [
       ("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True)]
   for r in rows:
-    assert 0 < r["GiB"] < 1 and r["fits_16"] and r["train_flops_per_image"] > 0
+    assert 0 < r["GiB"] < 1 and r["train_flops_per_image"] > 0
+    assert all(r[f"fits_{g}"] == (r["GiB"] <= g) for g in (16, 32, 80))
+    # At least the train state: float32 params, EMA and Adam's two moments.
+    assert r["GiB"] * 2 ** 30 >= 4 * 4 * r["params"]
   bench.print_memory_table(rows)
   assert "fits 16 / 32 / 80 GiB" in capsys.readouterr().out
 

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 from adm_jax import config_base
 from adm_jax import diffusion
 from adm_jax import models
-from adm_jax.training import classifier as clf_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -45,7 +44,7 @@ def test_config_builds_abstractly(path):
   gd = diffusion.create_gaussian_diffusion(**config_base.diffusion_kwargs(config))
   assert gd.num_timesteps >= 1
   if os.path.basename(path).startswith(("classifier", "imagenet")):
-    clf = models.create_classifier(clf_lib.classifier_model_config(config))
+    clf = models.create_classifier(config_base.classifier_model_config(config))
     assert count(abstract_params(clf, config, classifier=True)) > 0
 
 

@@ -35,6 +35,7 @@ def test_pt_and_npz_give_identical_params(stem, kind):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # two subprocesses
 def test_cli_writes_a_checkpoint_that_reloads_to_the_same_outputs(tmp_path):
   fx = load_fixture("gd_tiny_cond")
   source = fx.dir / ("unet.pt" if HAS_TORCH else "unet_params.npz")

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adm_jax import config_base
 from adm_jax import data
 from adm_jax.data import sources
 
 
 def cfg(**kw):
-  c = data.default_data_config()
+  c = config_base.data_defaults()
   c.update(kw)
   return c
 

@@ -1,6 +1,7 @@
 """Diffusion + guidance driven by the real (converted) networks, against the reference."""
 import jax
 import jax.numpy as jnp
+import pytest
 
 from conftest import nchw_to_nhwc, nhwc_to_nchw
 
@@ -43,6 +44,7 @@ def test_bits_per_dim_loop(fx):
     fx.check(f"bpd_{key}", out[key])
 
 
+@pytest.mark.slow  # guided steps of both fixture networks with their classifiers
 def test_guided_steps_with_real_networks(fx):
   sp = sampler_process(fx)
   x = jnp.asarray(nchw_to_nhwc(fx["in_x_sample"]))

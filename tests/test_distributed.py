@@ -5,11 +5,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import jax
 
 from adm_jax import sharding as shd
 import tiny_train
+
+pytestmark = pytest.mark.slow  # whole runs: each test trains, samples or runs a notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

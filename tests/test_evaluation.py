@@ -107,6 +107,7 @@ def test_shipped_feature_net_classifies_real_images():
   np.testing.assert_allclose(rgb["logits"], out["logits"][:4], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # builds Inception-V3
 def test_inception_random_weights_shapes_and_loader_round_trip(tmp_path):
   import jax
   from adm_jax.evaluation import inception

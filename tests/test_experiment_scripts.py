@@ -1,8 +1,10 @@
-"""Scripts in experiments/: the sweep's reference batches; the diagnostics script loads; the
-convolution benchmark times its three parts."""
+"""Scripts in experiments/: the sweep's reference batches, the precision diagnostics on real
+images, and the convolution benchmark's three parts (they compute the right gradients)."""
 import importlib.util
 import os
+import shutil
 
+import jax
 import numpy as np
 
 from conftest import REPO_ROOT
@@ -26,15 +28,36 @@ def test_guidance_sweep_writes_training_reference_once(tmp_path):
   assert sweep.cached_reference(str(tmp_path), "train", 12) == path and os.stat(path).st_mtime_ns == stamp
 
 
-def test_precision_diagnostics_script_loads():
-  # Its nearest-real distances are metrics.nearest_distances (tested in test_evaluation.py);
-  # this catches a script that no longer imports.
+def test_precision_diagnostics_of_real_images(tmp_path, capsys):
+  # "Samples" that are the reference images themselves: precision and recall 1, distance 0,
+  # and the class accuracy that evaluation.classifier_accuracy gives them.
   diagnostics = _load("precision_diagnostics")
-  assert callable(diagnostics.main)
+  sweep = _load("guidance_sweep")
+  real = sweep.cached_reference(str(tmp_path), "train", 12)
+  os.makedirs(tmp_path / "guidance_real")
+  shutil.copy(real, tmp_path / "guidance_real" / "samples_12x32x32x1.npz")
+  diagnostics.main(["--workdir", str(tmp_path), "--reference_num", "12"])
+  line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("guidance_real")][0]
+  from adm_jax import evaluation  # pylint: disable=g-import-not-at-top
+  accuracy = evaluation.classifier_accuracy(real)
+  assert f"acc={accuracy:.3f}" in line and "n=12" in line
+  assert "train12:P1.000/R1.000" in line and "nn/real 0.000" in line
 
 
-def test_conv_kernels_script_times_all_three_parts():
-  # The per-shape convolution benchmark (experiments/conv_kernels.py), on a tiny shape.
-  times = _load("conv_kernels").jax_times(1, 4, 2, 3, repeats=1)
+def test_conv_kernels_script_times_the_right_gradients():
+  # The per-shape convolution benchmark (experiments/conv_kernels.py), on a tiny shape: its
+  # three functions compute the convolution and its two gradients, and each is timed.
+  script = _load("conv_kernels")
+  parts = script.jax_functions(1, 4, 2, 3)
+  (forward, (x, kernel)), (input_grad, (_, _, g)), (kernel_grad, _) = (
+      parts["forward"], parts["input_grad"], parts["kernel_grad"])
+  plain = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), script.PADDING,
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  _, vjp = jax.vjp(plain, x, kernel)
+  want_x, want_k = vjp(g)
+  np.testing.assert_allclose(forward(x, kernel), plain(x, kernel), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(input_grad(x, kernel, g)[0], want_x, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(kernel_grad(x, kernel, g)[0], want_k, rtol=1e-5, atol=1e-5)
+  times = script.jax_times(1, 4, 2, 3, repeats=1)
   assert sorted(times) == ["forward", "input_grad", "kernel_grad"]
-  assert all(value > 0 for value in times.values())
+  assert all(np.isfinite(v) and v > 0 for v in times.values())

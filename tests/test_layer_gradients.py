@@ -64,6 +64,7 @@ def _assert_only_canonical_convolutions(hlo: str):
   assert all(lab == "b01f_01io->b01f" for lab in labels), sorted(set(labels))
 
 
+@pytest.mark.slow  # compiles a guided sampling loop
 def test_guided_sampling_loop_has_only_canonical_convolutions():
   # With the autodiff rule XLA:CPU kept the flipped kernel as HWOI ("01oi") inside the
   # scan body and ran those convolutions through its slow generic emitter.
@@ -89,12 +90,14 @@ def test_guided_sampling_loop_has_only_canonical_convolutions():
   _assert_only_canonical_convolutions(hlo)
 
 
+@pytest.mark.slow  # compiles a microbatched train step
 def test_microbatched_train_step_has_only_canonical_convolutions():
   # Gradient accumulation runs the backward pass inside a lax.scan body; with the autodiff
   # rule's weight gradient XLA:CPU kept `f01b_i01o->01bf` convolutions there and ran them
   # through its generic loop emitter (bench32 train step 19x slower with two microbatches).
   from adm_jax import bench  # pylint: disable=g-import-not-at-top
-  _, step, state, data = bench.build_train(tiny_bench_config(), 4, microbatches=2)
-  hlo = step.lower(state, data).compile().as_text()
+  exp = bench.build_train(tiny_bench_config(), 4, microbatch=2)
+  assert exp.microbatches == 2
+  hlo = exp.train_step.lower(exp.abstract_state, exp.abstract_batch()).compile().as_text()
   assert " while(" in hlo  # the microbatches are one scan
   _assert_only_canonical_convolutions(hlo)

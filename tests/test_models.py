@@ -73,6 +73,7 @@ def _cond_grad(fx, x, t):
   return cond_fn(x, t, y=jnp.asarray(fx["in_y"], jnp.int32))
 
 
+@pytest.mark.slow  # gradients / bfloat16 of the fixture networks
 def test_classifier_guidance_gradient(fx):
   fx.check("out_cond_grad", nhwc_to_nchw(_cond_grad(fx, x_t(fx), jnp.asarray(fx["in_t"]))))
   t = jnp.asarray(fx["sp_timestep_map"][fx["in_sp_t"]])
@@ -97,6 +98,7 @@ def test_super_resolution(fx):
 BF16_REL_RMS, BF16_ATOL = 0.05, 0.2
 
 
+@pytest.mark.slow  # gradients / bfloat16 of the fixture networks
 def test_bfloat16_compute_stays_close(fx):
   model, params = networks(fx, "unet")
   bf16 = model.clone(dtype=jnp.bfloat16)
@@ -110,6 +112,7 @@ def test_bfloat16_compute_stays_close(fx):
   assert rel_rms < BF16_REL_RMS, rel_rms
 
 
+@pytest.mark.slow  # compiles gradients with and without remat
 def test_remat_same_outputs_and_gradients():
   fx_cfg = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2",
                 attention_resolutions="16", num_heads=2, learn_sigma=True, class_cond=True,

@@ -2,7 +2,11 @@
 import json
 import os
 
+import pytest
+
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # whole runs: each test trains, samples or runs a notebook
 
 NOTEBOOK = REPO_ROOT / "experiments" / "colab_adm_jax.ipynb"
 

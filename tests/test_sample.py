@@ -13,10 +13,11 @@ from adm_jax import data as data_lib
 from adm_jax import evaluation
 from adm_jax import sample
 from adm_jax import sharding as shd
-from adm_jax import training
-from adm_jax.training import classifier as clf_lib
+from adm_jax import train
 from conftest import REPO_ROOT, load_fixture
 from test_training_loop import tiny_config
+
+pytestmark = pytest.mark.slow  # whole runs: each test trains, samples or runs a notebook
 
 MESH = shd.create_mesh(1, jax.devices()[:1])
 
@@ -26,8 +27,8 @@ def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("trained"))
   config = tiny_classifier(tiny_config(num_steps=2, p_uncond=0.2))
   mesh = shd.create_mesh(1, jax.devices()[:1])
-  training.run(config, path, mesh)
-  summary = clf_lib.run(config, path, mesh)
+  train.run(config, path, mesh)
+  summary = train.run_classifier(config, path, mesh)
   assert "val_acc1" in summary and "val_acc5" in summary and "acc1" in summary
   return path
 
@@ -75,15 +76,16 @@ def test_guided_sampling_modes(workdir):
       assert not np.array_equal(out["arr_0"], base), kw  # so only the classifier moves pixels
 
 
-def test_eval_mode_prints_writes_json_and_names_its_reference(tmp_path, capsys):
+def test_eval_mode_logs_writes_json_and_names_its_reference(tmp_path, caplog):
   # fmnist_cnn_v1 takes 32x32 images: six real training images stand in for samples.
   config = sample_config(output_dir="ev")
   config.model.image_size = 32
   os.makedirs(tmp_path / "ev")
   evaluation.write_reference_batch(str(tmp_path / "ev" / "samples_6x32x32x1.npz"), config.data,
                                    "train", 6, 32)
-  evaluation.run(config, str(tmp_path))
-  assert "[fmnist_cnn_v1] FID" in capsys.readouterr().out
+  with caplog.at_level("INFO", logger="adm_jax"):
+    evaluation.run(config, str(tmp_path))
+  assert "[fmnist_cnn_v1] FID" in caplog.text
   with open(tmp_path / "ev" / "eval_fmnist_cnn_v1.json") as f:
     saved = json.load(f)
   assert saved["feature_net"] == "fmnist_cnn_v1" and saved["n_samples"] == saved["n_reference"] == 6

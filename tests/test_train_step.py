@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from adm_jax import diffusion
 from adm_jax import sharding as shd
 from adm_jax.training import state as state_lib
-from adm_jax.training import step as step_lib
+from adm_jax.training import update
 from tiny_train import B, TinyUNet, batches, build, train
 
 
@@ -18,6 +18,7 @@ def assert_trees_close(a, b, rtol, atol):
                                err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow  # three meshes, three compilations
 def test_eight_devices_match_one_device():
   assert jax.device_count() == 8, "conftest asks for 8 fake CPU devices"
   one, m1 = train(shd.create_mesh(1, jax.devices()[:1]))
@@ -44,6 +45,7 @@ def test_fsdp_shards_large_tensors():
   assert any("fsdp" in spec for spec in specs), specs
 
 
+@pytest.mark.slow  # two 8-device trainings
 def test_microbatches_equal_full_batch():
   # Dropout off: its draws legitimately differ between layouts. t and noise are drawn
   # for the global batch before it is split, so each example sees the same ones.
@@ -79,8 +81,8 @@ def test_nonfinite_loss_skips_update_and_is_reported():
   assert_trees_close(after.params, before.params, rtol=0, atol=0)
   assert_trees_close(after.opt_state, before.opt_state, rtol=0, atol=0)
   np.testing.assert_array_equal(after.sampler_state.counts, before.sampler_state.counts)
-  with pytest.raises(step_lib.NonFiniteLossError, match="step 8"):
-    step_lib.check_finite([{"nonfinite": 0.0}, {"nonfinite": 1.0}], 6, 5, "/tmp/w")
+  with pytest.raises(update.NonFiniteLossError, match="step 8"):
+    update.check_finite([{"nonfinite": 0.0}, {"nonfinite": 1.0}], 6, 5, "/tmp/w")
 
 
 def test_loss_history_is_updated_from_the_global_batch():
@@ -105,6 +107,6 @@ def test_summarize_metrics_quartiles():
            "mse_mean": 1.0, "grad_norm": 2.0, "nonfinite": 0.0},
           {"mse_qsum": np.array([3.0, 0, 0, 0]), "mse_qcount": np.array([1.0, 0, 0, 0]),
            "mse_mean": 3.0, "grad_norm": 4.0, "nonfinite": 0.0}]
-  out = step_lib.summarize_metrics(hist)
+  out = update.summarize_metrics(hist)
   assert out["mse_q0"] == 2.0 and out["mse_q2"] == 2.0 and "mse_q1" not in out
   assert out["mse"] == 2.0 and out["grad_norm"] == 3.0 and out["nonfinite"] == 0.0

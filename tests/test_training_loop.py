@@ -8,9 +8,14 @@ import pytest
 import jax
 
 from adm_jax import config_base
+from adm_jax import experiment
 from adm_jax import sharding as shd
+from adm_jax import train
 from adm_jax import training
+from adm_jax.training import checkpoint as ckpt_lib
 from adm_jax.training import metrics as metrics_lib
+
+pytestmark = pytest.mark.slow  # whole runs: each test trains, samples or runs a notebook
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,21 +40,21 @@ def losses(workdir):
 
 
 def final_params(workdir, config):
-  trainer = training.loop.Trainer(config, workdir, shd.create_mesh(1, jax.devices()[:1]))
-  ckpt = trainer.checkpointer()
-  trainer.restore_latest(ckpt)
+  exp = experiment.build(config, shd.create_mesh(1, jax.devices()[:1]))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), create=False)
+  state = ckpt.restore(ckpt.latest_step(), exp.abstract_state)
   ckpt.close()
-  return jax.device_get(trainer.state)
+  return jax.device_get(state)
 
 
 def test_interrupted_run_resumes_bit_for_bit(tmp_path):
   one_mesh = shd.create_mesh(1, jax.devices()[:1])
   straight = str(tmp_path / "straight")
-  training.run(tiny_config(), straight, one_mesh)
+  train.run(tiny_config(), straight, one_mesh)
   resumed = str(tmp_path / "resumed")
-  training.run(tiny_config(num_steps=2), resumed, one_mesh)   # "killed" after step 2
+  train.run(tiny_config(num_steps=2), resumed, one_mesh)   # "killed" after step 2
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["2"]
-  training.run(tiny_config(), resumed, one_mesh)              # restarted: continues at 3
+  train.run(tiny_config(), resumed, one_mesh)              # restarted: continues at 3
   a, b = losses(straight), losses(resumed)
   assert sorted(a) == [1, 2, 3, 4] and sorted(b) == [1, 2, 3, 4]
   assert [a[s] for s in (3, 4)] == [b[s] for s in (3, 4)]     # the same losses, bit for bit
@@ -61,10 +66,10 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
 
 def test_restore_with_another_device_count(tmp_path):
   workdir = str(tmp_path / "w")
-  training.run(tiny_config(num_steps=2), workdir, shd.create_mesh(1))      # 8 devices
-  training.run(tiny_config(), workdir, shd.create_mesh(1, jax.devices()[:1]))  # resumed on 1
+  train.run(tiny_config(num_steps=2), workdir, shd.create_mesh(1))      # 8 devices
+  train.run(tiny_config(), workdir, shd.create_mesh(1, jax.devices()[:1]))  # resumed on 1
   reference = str(tmp_path / "ref")
-  training.run(tiny_config(), reference, shd.create_mesh(1, jax.devices()[:1]))
+  train.run(tiny_config(), reference, shd.create_mesh(1, jax.devices()[:1]))
   a, b = final_params(workdir, tiny_config()), final_params(reference, tiny_config())
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
@@ -73,22 +78,22 @@ def test_restore_with_another_device_count(tmp_path):
 def test_workdir_of_another_config_is_refused(tmp_path):
   workdir = str(tmp_path / "w")
   mesh = shd.create_mesh(1, jax.devices()[:1])
-  training.run(tiny_config(num_steps=2), workdir, mesh)
+  train.run(tiny_config(num_steps=2), workdir, mesh)
   other = tiny_config()
   other.model.num_channels = 64
   with pytest.raises(ValueError, match="model.num_channels: checkpoint 32 != config 64"):
-    training.run(other, workdir, mesh)
+    train.run(other, workdir, mesh)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "w")
   mesh = shd.create_mesh(1, jax.devices()[:1])
   config = tiny_config(num_steps=6)
-  training.run(tiny_config(num_steps=2), workdir, mesh)
+  train.run(tiny_config(num_steps=2), workdir, mesh)
   config.train.lr = 1e12  # the first steps after resuming blow the parameters up
   config.train.log_every = 1
   with pytest.raises(training.NonFiniteLossError, match=r"step \d+.*last good checkpoint \(step \d+\)"):
-    training.run(config, workdir, mesh)
+    train.run(config, workdir, mesh)
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
   state = final_params(workdir, tiny_config())
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
@@ -97,7 +102,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_sample_grid_and_config_written(tmp_path):
   workdir = str(tmp_path / "w")
-  training.run(tiny_config(num_steps=2, sample_every=2, grid_samples=4, grid_respacing="ddim2",
+  train.run(tiny_config(num_steps=2, sample_every=2, grid_samples=4, grid_respacing="ddim2",
                            p_uncond=0.2, grid_cfg_scale=1.5),
                workdir, shd.create_mesh(1, jax.devices()[:1]))
   assert os.path.exists(os.path.join(workdir, "samples", "grid_00000002.png"))
@@ -110,19 +115,19 @@ def test_sample_grid_and_config_written(tmp_path):
 
 def test_grid_guidance_needs_the_null_class(tmp_path):
   with pytest.raises(ValueError, match="grid_cfg_scale > 0 needs"):
-    training.run(tiny_config(num_steps=1, grid_cfg_scale=2.0, p_uncond=0.0), str(tmp_path / "w"),
+    train.run(tiny_config(num_steps=1, grid_cfg_scale=2.0, p_uncond=0.0), str(tmp_path / "w"),
                  shd.create_mesh(1, jax.devices()[:1]))
 
 
 def test_microbatch_config_validated():
   with pytest.raises(ValueError, match="train.microbatch=3 must divide"):
-    training.loop.microbatch_count(tiny_config(microbatch=3))
+    experiment.build(tiny_config(microbatch=3), shd.create_mesh(1, jax.devices()[:1]))
 
 
 def test_super_resolution_training_runs(tmp_path):
   config = tiny_config(num_steps=2, sample_every=2, grid_samples=2, grid_respacing="ddim2")
   config.model.update(small_size=4)
-  training.run(config, str(tmp_path / "sr"), shd.create_mesh(1, jax.devices()[:1]))
+  train.run(config, str(tmp_path / "sr"), shd.create_mesh(1, jax.devices()[:1]))
   record = metrics_lib.read_metrics(str(tmp_path / "sr" / "metrics.jsonl"))[-1]
   assert np.isfinite(record["loss"])
   assert os.path.exists(tmp_path / "sr" / "samples" / "grid_00000002.png")

@@ -42,7 +42,8 @@ def build(mesh, *, microbatches=1, sampler_name="loss-second-moment", lr=1e-3, p
     return model.apply({"params": params}, x, t, y, train=train,
                        rngs={"dropout": rng} if train else None)
 
-  state, shardings = state_lib.init_train_state(init, tx, sampler, ema, 0, mesh, min_fsdp_size=64)
+  _, shardings = state_lib.abstract_train_state(init, tx, sampler, ema, 0, mesh, min_fsdp_size=64)
+  state = state_lib.init_train_state(init, tx, sampler, ema, 0, shardings)
   step = step_lib.make_train_step(apply_fn, gd, sampler, tx, ema, microbatches=microbatches,
                                   p_uncond=p_uncond, null_label=10, class_cond=True, mesh=mesh,
                                   state_shardings=shardings)

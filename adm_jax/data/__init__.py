@@ -1,13 +1,12 @@
 """Data: sources (embedded Fashion-MNIST, image folders, TFDS, arrays), reference
-preprocessing, and a deterministic resumable per-host loader.
+preprocessing, and a deterministic resumable per-host loader. The options (`config.data`)
+are declared in adm_jax.config_base.data_defaults.
 
   it = data.create_data_iterator(config.data, global_batch_size=256, image_size=64, seed=0,
                                  start_step=step, process_index=jax.process_index(),
                                  process_count=jax.process_count())
   batch = next(it)   # {'image': float32 [B_local, 64, 64, C] in [-1, 1], 'label': int32 [B_local]}
 """
-import ml_collections
-
 from adm_jax.data import sources
 from adm_jax.data.loader import BatchIterator, CorruptImageError  # noqa: F401
 from adm_jax.data.preprocess import center_crop, preprocess, random_crop  # noqa: F401
@@ -17,30 +16,14 @@ from adm_jax.data.sources import (  # noqa: F401
 NAMES = ("fashion_mnist", "folder", "tfds", "arrays")
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-  """Every data option with its default."""
-  return ml_collections.ConfigDict(dict(
-      name="fashion_mnist",      # fashion_mnist | folder | tfds | arrays
-      data_dir="",               # folder: the image directory; tfds: TFDS data_dir
-      tfds_name="",              # tfds: dataset name, e.g. imagenet2012, cifar10
-      train_split="train", eval_split="test",
-      image_key="image", label_key="label",
-      fashion_mnist_dir="",      # IDX files; default: Debian's, else the embedded subset
-      folder_labels="prefix",    # prefix (reference) | subdir | none
-      channels=3,                # 1 keeps grayscale; 3 converts to RGB
-      random_crop=False, random_flip=False,
-      on_corrupt="skip",         # skip (and count) | raise (with the path)
-      num_workers=4, prefetch=2, shuffle=True))
-
-
 def create_source(data_config, split: str = "train", arrays=None):
   """The random-access source of a data config for split 'train' or 'test'."""
   name = data_config.name
   if name == "fashion_mnist":
-    return sources.fashion_mnist(split, data_config.get("fashion_mnist_dir", ""))
+    return sources.fashion_mnist(split, data_config.fashion_mnist_dir)
   if name == "folder":
     directory = data_config.data_dir
-    if split != "train" and data_config.get("eval_dir", ""):
+    if split != "train" and data_config.eval_dir:
       directory = data_config.eval_dir
     return sources.FolderSource(directory, data_config.folder_labels)
   if name == "tfds":

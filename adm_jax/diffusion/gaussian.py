@@ -13,17 +13,11 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
+from adm_jax.diffusion import losses
 from adm_jax.diffusion import schedules
-
-# Model mean types: what the network's first C channels predict.
-EPSILON, START_X, PREVIOUS_X = "epsilon", "start_x", "previous_x"
-MEAN_TYPES = (EPSILON, START_X, PREVIOUS_X)
-# Model variance types.
-FIXED_SMALL, FIXED_LARGE, LEARNED, LEARNED_RANGE = "fixed_small", "fixed_large", "learned", "learned_range"
-VAR_TYPES = (FIXED_SMALL, FIXED_LARGE, LEARNED, LEARNED_RANGE)
-# Loss types.
-MSE, RESCALED_MSE, KL, RESCALED_KL = "mse", "rescaled_mse", "kl", "rescaled_kl"
-LOSS_TYPES = (MSE, RESCALED_MSE, KL, RESCALED_KL)
+from adm_jax.diffusion.core import (  # noqa: F401  (re-exported: the process's type names)
+    EPSILON, FIXED_LARGE, FIXED_SMALL, KL, LEARNED, LEARNED_RANGE, LOSS_TYPES, MEAN_TYPES, MSE,
+    PREVIOUS_X, RESCALED_KL, RESCALED_MSE, START_X, VAR_TYPES, extract, mean_flat)
 
 ModelFn = Callable[..., Any]
 
@@ -31,17 +25,6 @@ ModelFn = Callable[..., Any]
 def _check(name, value, allowed):
   if value not in allowed:
     raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
-
-
-def extract(table, t, ndim: int):
-  """table[t] as float32, shaped [B, 1, ..., 1] to broadcast against an ndim-array."""
-  values = jnp.asarray(table, dtype=jnp.float32)[t]
-  return values.reshape(values.shape + (1,) * (ndim - values.ndim))
-
-
-def mean_flat(x):
-  """Mean over every axis but the batch axis: [B, ...] -> [B]."""
-  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
 @flax.struct.dataclass
@@ -263,11 +246,11 @@ class GaussianDiffusion:
 
   # ---------------------------------------------------------------- conveniences
   def training_losses(self, model_fn, x_start, t, noise, model_kwargs=None):
-    from adm_jax.diffusion import losses  # pylint: disable=g-import-not-at-top
+    """Per-example Improved-DDPM losses (see losses.training_losses)."""
     return losses.training_losses(self, model_fn, x_start, t, noise, model_kwargs)
 
   def prior_bpd(self, x_start):
-    from adm_jax.diffusion import losses  # pylint: disable=g-import-not-at-top
+    """The variational bound's prior term in bits/dim, [B] (see losses.prior_bpd)."""
     return losses.prior_bpd(self, x_start)
 
 

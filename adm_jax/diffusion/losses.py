@@ -1,6 +1,8 @@
 """Gaussian KL, the discretised Gaussian decoder, and the training losses of Improved DDPM.
 
 Per-example losses are [B] float32. Terms in bits per dimension divide nats by log(2).
+Functions that need the process take a `GaussianDiffusion` (gaussian.py) as their first
+argument; this module imports only `core`, so the process can import it in turn.
 """
 import math
 from typing import Dict, Optional
@@ -8,7 +10,7 @@ from typing import Dict, Optional
 import jax
 import jax.numpy as jnp
 
-from adm_jax.diffusion import gaussian as g
+from adm_jax.diffusion import core
 
 LOG2 = math.log(2.0)
 
@@ -40,7 +42,7 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
                    jnp.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
-def vb_terms_bpd(diffusion: g.GaussianDiffusion, model_fn, x_start, x_t, t, *,
+def vb_terms_bpd(diffusion, model_fn, x_start, x_t, t, *,
                  clip_denoised: bool = True, model_kwargs=None, model_output=None) -> Dict:
   """One term of the variational bound in bits/dim, [B].
 
@@ -50,14 +52,14 @@ def vb_terms_bpd(diffusion: g.GaussianDiffusion, model_fn, x_start, x_t, t, *,
   true_mean, _, true_log_var = diffusion.q_posterior_mean_variance(x_start, x_t, t)
   out = diffusion.p_mean_variance(model_fn, x_t, t, clip_denoised=clip_denoised,
                                   model_kwargs=model_kwargs, model_output=model_output)
-  kl = g.mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / LOG2
+  kl = core.mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / LOG2
   nll = -discretized_gaussian_log_likelihood(
       x_start, means=out["mean"], log_scales=0.5 * out["log_variance"])
-  nll = g.mean_flat(nll) / LOG2
+  nll = core.mean_flat(nll) / LOG2
   return {"output": jnp.where(t == 0, nll, kl), "pred_xstart": out["pred_xstart"]}
 
 
-def training_losses(diffusion: g.GaussianDiffusion, model_fn, x_start, t, noise,
+def training_losses(diffusion, model_fn, x_start, t, noise,
                     model_kwargs: Optional[Dict] = None) -> Dict[str, jax.Array]:
   """Per-example training losses at process indices t with the given noise.
 
@@ -67,10 +69,10 @@ def training_losses(diffusion: g.GaussianDiffusion, model_fn, x_start, t, noise,
   """
   x_t = diffusion.q_sample(x_start, t, noise)
   terms = {}
-  if diffusion.loss_type in (g.KL, g.RESCALED_KL):
+  if diffusion.loss_type in (core.KL, core.RESCALED_KL):
     terms["loss"] = vb_terms_bpd(diffusion, model_fn, x_start, x_t, t, clip_denoised=False,
                                  model_kwargs=model_kwargs)["output"]
-    if diffusion.loss_type == g.RESCALED_KL:
+    if diffusion.loss_type == core.RESCALED_KL:
       terms["loss"] = terms["loss"] * diffusion.num_timesteps
     return terms
 
@@ -80,22 +82,22 @@ def training_losses(diffusion: g.GaussianDiffusion, model_fn, x_start, t, noise,
     frozen = jnp.concatenate([jax.lax.stop_gradient(mean_out), var_values], axis=-1)
     vb = vb_terms_bpd(diffusion, None, x_start, x_t, t, clip_denoised=False,
                       model_output=frozen)["output"]
-    if diffusion.loss_type == g.RESCALED_MSE:
+    if diffusion.loss_type == core.RESCALED_MSE:
       vb = vb * (diffusion.num_timesteps / 1000.0)  # The reference's lambda = T/1000 scaling.
     terms["vb"] = vb
-  if diffusion.model_mean_type == g.PREVIOUS_X:
+  if diffusion.model_mean_type == core.PREVIOUS_X:
     target = diffusion.q_posterior_mean_variance(x_start, x_t, t)[0]
-  elif diffusion.model_mean_type == g.START_X:
+  elif diffusion.model_mean_type == core.START_X:
     target = x_start
   else:
     target = noise
-  terms["mse"] = g.mean_flat((target - mean_out) ** 2)
+  terms["mse"] = core.mean_flat((target - mean_out) ** 2)
   terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
   return terms
 
 
-def prior_bpd(diffusion: g.GaussianDiffusion, x_start):
+def prior_bpd(diffusion, x_start):
   """KL(q(x_{T-1} | x_0) || N(0, I)) in bits/dim, [B]: the bound's prior term."""
   t = jnp.full((x_start.shape[0],), diffusion.num_timesteps - 1, dtype=jnp.int32)
   mean, _, log_var = diffusion.q_mean_variance(x_start, t)
-  return g.mean_flat(normal_kl(mean, log_var, 0.0, 0.0)) / LOG2
+  return core.mean_flat(normal_kl(mean, log_var, 0.0, 0.0)) / LOG2

@@ -4,11 +4,11 @@ from typing import Dict, Optional
 import jax
 import jax.numpy as jnp
 
-from adm_jax.diffusion import gaussian as g
+from adm_jax.diffusion import core
 from adm_jax.diffusion import losses
 
 
-def calc_bpd_loop(diffusion: g.GaussianDiffusion, model_fn, x_start, *, key=None,
+def calc_bpd_loop(diffusion, model_fn, x_start, *, key=None,
                   noise=None, clip_denoised: bool = True,
                   model_kwargs: Optional[Dict] = None) -> Dict[str, jax.Array]:
   """The variational bound of x_start [B, ...] in bits/dim, one lax.scan over steps.
@@ -31,8 +31,8 @@ def calc_bpd_loop(diffusion: g.GaussianDiffusion, model_fn, x_start, *, key=None
                               clip_denoised=clip_denoised, model_kwargs=model_kwargs)
     pred_eps = diffusion.predict_eps_from_xstart(x_t, t, out["pred_xstart"])
     return None, (out["output"],
-                  g.mean_flat((out["pred_xstart"] - x_start) ** 2),
-                  g.mean_flat((pred_eps - eps) ** 2))
+                  core.mean_flat((out["pred_xstart"] - x_start) ** 2),
+                  core.mean_flat((pred_eps - eps) ** 2))
 
   if noise is not None:
     noise = jnp.asarray(noise, jnp.float32)

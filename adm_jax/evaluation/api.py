@@ -7,6 +7,7 @@ Every result names the feature network that produced it.
 """
 import hashlib
 import json
+import logging
 import os
 import re
 from typing import Any, Dict, Optional
@@ -14,8 +15,12 @@ from typing import Any, Dict, Optional
 import numpy as np
 import tqdm
 
+from adm_jax import data as data_lib
 from adm_jax.evaluation import feature_net
+from adm_jax.evaluation import inception
 from adm_jax.evaluation import metrics
+
+log = logging.getLogger(__name__)
 
 FEATURE_NETS = (feature_net.NAME, "inception_v3")
 
@@ -40,7 +45,6 @@ def _extractor(name: str, inception_weights: Optional[str]):
     module, params = feature_net.load()
     return feature_net.make_feature_fn(params, module)
   if name == "inception_v3":
-    from adm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
     return inception.make_feature_fn(inception.load_inception_params(inception_weights))
   raise ValueError(f"unknown feature network {name!r}; expected one of {FEATURE_NETS}")
 
@@ -128,7 +132,6 @@ def write_reference_batch(path: str, data_config, split: str, num: int, image_si
                           source=None) -> str:
   """A reference batch npz (arr_0 uint8, arr_1 labels) from the first `num` images of a split
   (of `source` when given, already created from data_config and split)."""
-  from adm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   if source is None:
     source = data_lib.create_source(data_config, split)
   num = min(num, len(source))
@@ -160,12 +163,11 @@ def run(config, workdir: str) -> Dict[str, Any]:
   out_dir = scfg.output_dir if os.path.isabs(scfg.output_dir) else os.path.join(workdir, scfg.output_dir)
   candidates = sorted(f for f in os.listdir(out_dir) if f.startswith("samples_") and f.endswith(".npz")) \
       if os.path.isdir(out_dir) else []
-  sample_npz = scfg.get("sample_npz", "") or (os.path.join(out_dir, candidates[-1]) if candidates else "")
+  sample_npz = scfg.sample_npz or (os.path.join(out_dir, candidates[-1]) if candidates else "")
   if not sample_npz:
     raise FileNotFoundError(f"no samples_*.npz in {out_dir}: run --mode=sample first")
   reference = scfg.reference_batch
   if not reference:
-    from adm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     n = len(load_batch(sample_npz)["images"])
     source = data_lib.create_source(config.data, config.data.eval_split)
     reference = os.path.join(out_dir, f"reference_{source_tag(source.name)}_{n}.npz")
@@ -177,8 +179,15 @@ def run(config, workdir: str) -> Dict[str, Any]:
   path = os.path.join(out_dir, f"eval_{scfg.feature_net}.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
-  print(f"[{result['feature_net']}] FID {result['fid']:.3f}  sFID {result['sfid']:.3f}  "
-        f"IS {result['inception_score']:.3f}  precision {result['precision']:.3f}  "
-        f"recall {result['recall']:.3f}" + (f"  class accuracy {result['classifier_accuracy']:.3f}"
-                                            if "classifier_accuracy" in result else ""))
+  log.info("%s", format_result(result))
   return result
+
+
+def format_result(result: Dict[str, Any]) -> str:
+  """One line: '[fmnist_cnn_v1] FID 3.420  sFID ...  class accuracy 0.789'."""
+  line = (f"[{result['feature_net']}] FID {result['fid']:.3f}  sFID {result['sfid']:.3f}  "
+          f"IS {result['inception_score']:.3f}  precision {result['precision']:.3f}  "
+          f"recall {result['recall']:.3f}")
+  if "classifier_accuracy" in result:
+    line += f"  class accuracy {result['classifier_accuracy']:.3f}"
+  return line

@@ -1,11 +1,3 @@
-"""Training: train state, the sharded train step, the loop, checkpoints and metrics.
-
-`run(config, workdir)` is the diffusion loop, `classifier.run` the classifier loop.
-"""
-from adm_jax.training.step import NonFiniteLossError  # noqa: F401
-
-
-def run(config, workdir, mesh=None):
-  """Trains (or resumes) the diffusion model of `config` in `workdir`."""
-  from adm_jax.training import loop  # pylint: disable=g-import-not-at-top
-  return loop.run(config, workdir, mesh)
+"""Training machinery: train state, the diffusion and classifier steps, the one loop,
+checkpoints and metric writing. The training modes themselves are adm_jax.train."""
+from adm_jax.training.update import NonFiniteLossError  # noqa: F401

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 class Checkpointer:
   """Thin wrapper over ocp.CheckpointManager for one workdir's train state."""
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True, create: bool = True):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                            enable_async_checkpointing=async_save)
     self.directory = directory
     self.manager = ocp.CheckpointManager(directory, options=options,

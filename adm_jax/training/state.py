@@ -1,4 +1,4 @@
-"""Train state as a pytree, the optimizer, and sharded initialisation."""
+"""Train state as a pytree, the optimizer, EMA, and sharded (abstract-first) initialisation."""
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.struct
@@ -54,17 +54,28 @@ def update_ema(ema_params: Tuple[Any, ...], params: Any, rates: Sequence[float])
       for ema, rate in zip(ema_params, rates))
 
 
-def init_train_state(init_params_fn, tx: optax.GradientTransformation, sampler, ema_rates,
-                     seed: int, mesh, min_fsdp_size: int = 2 ** 14,
-                     abstract_only: bool = False) -> Tuple[TrainState, Any]:
-  """Builds the state directly in its sharded layout; returns (state, its shardings).
+def abstract_train_state(init_params_fn, tx: optax.GradientTransformation, sampler, ema_rates,
+                         seed: int, mesh, min_fsdp_size: int = 2 ** 14) -> Tuple[TrainState, Any]:
+  """(ShapeDtypeStructs of the state with their shardings, the shardings), nothing allocated.
 
-  init_params_fn(key) -> params. The state is first built abstractly (jax.eval_shape)
-  to get shapes, then created by one jit whose out_shardings place every leaf. With
-  abstract_only, returns the ShapeDtypeStructs (with shardings) instead, e.g. as the
-  target of a checkpoint restore, without allocating anything.
+  init_params_fn(key) -> params. The abstract state is the target of a checkpoint restore
+  and the input of `init_train_state`.
   """
+  abstract = jax.eval_shape(_state_maker(init_params_fn, tx, sampler, ema_rates),
+                            jax.random.PRNGKey(seed))
+  shardings = state_shardings(abstract, mesh, min_fsdp_size)
+  return abstract_like(abstract, shardings), shardings
 
+
+def init_train_state(init_params_fn, tx: optax.GradientTransformation, sampler, ema_rates,
+                     seed: int, shardings: TrainState) -> TrainState:
+  """The initial state, created by one jit whose out_shardings place every leaf on its devices
+  (a large model is never materialised on one device first)."""
+  make = _state_maker(init_params_fn, tx, sampler, ema_rates)
+  return jax.jit(make, out_shardings=shardings)(jax.random.PRNGKey(seed))
+
+
+def _state_maker(init_params_fn, tx, sampler, ema_rates):
   def make(seed_key):
     init_key, run_key = jax.random.split(seed_key)
     params = init_params_fn(init_key)
@@ -75,14 +86,7 @@ def init_train_state(init_params_fn, tx: optax.GradientTransformation, sampler, 
         opt_state=tx.init(params),
         sampler_state=sampler.init(),
         rng=run_key)
-
-  key = jax.random.PRNGKey(seed)
-  abstract = jax.eval_shape(make, key)
-  shardings = state_shardings(abstract, mesh, min_fsdp_size)
-  if abstract_only:
-    return abstract_like(abstract, shardings), shardings
-  state = jax.jit(make, out_shardings=shardings)(key)
-  return state, shardings
+  return make
 
 
 def state_shardings(abstract_state: TrainState, mesh, min_fsdp_size: int = 2 ** 14):

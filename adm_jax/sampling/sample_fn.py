@@ -1,0 +1,91 @@
+"""Jitted sampling functions from (network apply function, diffusion process, sampler, guidance).
+
+`make_sample_fn` returns ONE jitted function (params, key, labels[, classifier_params,
+model_kwargs]) -> images in [-1, 1] that runs a whole sampler loop on device; `sample.py`
+(the sample mode) and the training loop's sample grids both use it.
+"""
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+
+from adm_jax import diffusion as diff
+from adm_jax import guidance
+
+# The reference's two samplers: ancestral ("ddpm") and DDIM, over a respaced process.
+RESPACED_SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = RESPACED_SAMPLERS
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+  """Which sampler, over which steps.
+
+  name: one of SAMPLERS. steps > 0: network evaluations (for ddpm / ddim the respacing "N":
+  N evenly spaced steps, both ends included); steps == 0 takes `timestep_respacing` instead
+  (the reference's syntax: "250", "ddim50", "10,20,30"; ddpm / ddim only). eta: DDIM's noise.
+  """
+  name: str = "ddpm"
+  steps: int = 0
+  timestep_respacing: str = ""
+  eta: float = 0.0
+
+  def __post_init__(self):
+    if self.name not in SAMPLERS:
+      raise ValueError(f"unknown sampler {self.name!r}; expected one of {', '.join(SAMPLERS)}")
+    if self.steps < 0:
+      raise ValueError(f"sampler steps must be >= 1 (or 0 to use timestep_respacing), got {self.steps}")
+    if self.steps == 0 and not str(self.timestep_respacing).strip():
+      raise ValueError(f"sampler {self.name!r} needs steps >= 1 or a timestep_respacing")
+
+  @property
+  def respacing(self) -> str:
+    """The respacing spec of the process a respaced sampler visits."""
+    return str(self.steps) if self.steps else str(self.timestep_respacing)
+
+  def process(self, base: diff.GaussianDiffusion) -> diff.GaussianDiffusion:
+    """The (respaced) process this sampler runs over, from the un-respaced training process."""
+    return diff.respaced(base, self.respacing)
+
+  def describe(self) -> str:
+    extra = f", eta {self.eta}" if self.name == "ddim" and self.eta else ""
+    return f"{self.name} over respacing {self.respacing!r}{extra}"
+
+
+def make_sample_fn(apply_fn: Callable, base: diff.GaussianDiffusion, image_shape,
+                   sampler: SamplerSpec, *, class_cond: bool = False, cfg_scale: float = 0.0,
+                   null_label: int = -1, classifier_fn: Optional[Callable] = None,
+                   classifier_scale: float = 0.0, clip_denoised: bool = True,
+                   out_shardings=None):
+  """A jitted sampler fn(params, key, labels[, classifier_params, model_kwargs]) -> [B, H, W, C].
+
+  apply_fn(params, x, t, y, **model_kwargs) -> network output (model_kwargs: e.g. the
+  super-resolution model's low_res [B, h, w, C]). `base` is the un-respaced process the
+  network was trained with; the sampler picks the steps it visits.
+  cfg_scale > 0 turns on classifier-free guidance (needs class_cond and null_label);
+  classifier_fn(classifier_params, x, t) -> logits turns on classifier guidance.
+  """
+  if cfg_scale < 0 or classifier_scale < 0:
+    raise ValueError(f"guidance scales must be >= 0, got cfg_scale={cfg_scale}, "
+                     f"classifier_scale={classifier_scale}")
+  if cfg_scale and not class_cond:
+    raise ValueError("classifier-free guidance (cfg_scale > 0) needs a class-conditional model")
+  process = sampler.process(base)
+
+  def run(params, key, labels, classifier_params=None, model_kwargs=None):
+    def model_fn(x, t, y=None, **kw):
+      return apply_fn(params, x, t, y if class_cond else None, **kw)
+    if cfg_scale:
+      model_fn = guidance.classifier_free_model_fn(model_fn, cfg_scale, null_label)
+    cond_fn = None
+    if classifier_fn is not None and classifier_scale:
+      cond_fn = guidance.classifier_cond_fn(
+          lambda x, t: classifier_fn(classifier_params, x, t), classifier_scale)
+    shape = (labels.shape[0],) + tuple(image_shape)
+    kwargs = dict(clip_denoised=clip_denoised, cond_fn=cond_fn,
+                  model_kwargs=dict(model_kwargs or {}, y=labels))
+    if sampler.name == "ddim":
+      return diff.ddim_sample_loop(process, model_fn, shape, key, eta=sampler.eta, **kwargs)
+    return diff.p_sample_loop(process, model_fn, shape, key, **kwargs)
+
+  return jax.jit(run, out_shardings=out_shardings)
