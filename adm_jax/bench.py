@@ -50,6 +50,8 @@ _DTYPE = flags.DEFINE_string("dtype", "", "Compute dtype override: float32 | bfl
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Accelerator peak TFLOP/s for MFU (0: skip).")
 _OUT = flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
 _SKIP = flags.DEFINE_list("skip", [], "Parts to skip: train, sample, guided, cfg, components.")
+_SAMPLERS = flags.DEFINE_list("samplers", ["ddpm", "ddim", "dpmpp_2m"],
+                              "Samplers whose steps are timed (any of sample.sampler's).")
 _COMPARE = flags.DEFINE_string(
     "compare", "", "JSON written by ../shared/ref-harness/bench.py (--out): its medians are "
     "printed beside ours, with the ratio ours / reference.")
@@ -231,9 +233,9 @@ def _random_networks(config):
 
 
 def bench_sample(config, batch: int, steps: int, repeats: int, warmup: int,
-                 skip: List[str]) -> Dict[str, Any]:
-  """Seconds per denoising step of the sample mode's jitted loops (sampling.make_sample_fn:
-  ancestral / DDIM x unguided, classifier-guided, classifier-free), random weights."""
+                 skip: List[str], samplers=("ddpm", "ddim")) -> Dict[str, Any]:
+  """Seconds per network evaluation of the sample mode's jitted loops (sampling.make_sample_fn:
+  each sampler x unguided, classifier-guided, classifier-free), random weights."""
   apply_fn, params, classifier_fn, clf_params = _random_networks(config)
   gd = experiment.diffusion_process(config)
   cond = config.model.class_cond
@@ -245,10 +247,10 @@ def bench_sample(config, batch: int, steps: int, repeats: int, warmup: int,
     kinds["cfg"] = dict(cfg_scale=1.0)
   shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
   results = {}
-  for sampler in ("ddpm", "ddim"):
+  for sampler in samplers:
     for kind, guidance_kw in kinds.items():
       sample_fn = sampling.make_sample_fn(
-          apply_fn, gd, shape, experiment.sampler_spec(sampler, steps, ""), class_cond=cond,
+          apply_fn, gd, shape, experiment.sampler_spec(sampler, steps), class_cond=cond,
           null_label=0, **guidance_kw)
       key = jax.random.PRNGKey(0)
       stats, compiled = compile_stats(sample_fn, params, key, labels, clf_params)
@@ -347,7 +349,8 @@ def table_rows(results: Dict[str, Any]) -> List[List[str]]:
   for name, r in results.get("sample", {}).items():
     add("sample " + name, name, r["s_per_step"], "s/step", f"loop compile {r['compile_s']:.1f} s")
   sample = results.get("sample", {})
-  for sampler in ("ddpm", "ddim"):
+  samplers = list(dict.fromkeys(name.rsplit("_", 1)[0] for name in sample))
+  for sampler in samplers:
     plain, guided = sample.get(f"{sampler}_unguided"), sample.get(f"{sampler}_classifier")
     if plain and guided:
       overhead = guided["s_per_step"] / plain["s_per_step"] - 1
@@ -355,6 +358,12 @@ def table_rows(results: Dict[str, Any]) -> List[List[str]]:
       r_guided = ref.get(f"{sampler}_classifier")
       r_over = f"{100 * (r_guided / r_plain - 1):.0f}%" if r_plain and r_guided else "-"
       rows.append([f"{sampler} guidance overhead", f"{100 * overhead:.0f}%", "", r_over, "-", ""])
+  ddim = sample.get("ddim_classifier")
+  for sampler in samplers:
+    if sampler in sampling.SOLVERS and ddim and f"{sampler}_classifier" in sample:
+      ratio = sample[f"{sampler}_classifier"]["s_per_step"] / ddim["s_per_step"]
+      rows.append([f"{sampler} guided step / DDIM guided step", f"{ratio:.2f}x", "", "-", "-",
+                   "the same network and classifier calls per step"])
   for key, value in results.get("components", {}).items():
     if key.endswith("_s"):
       add(key[:-len("_s")], key, value, "s")
@@ -412,7 +421,7 @@ def main(argv):
         results["train"]["mfu"] = achieved / (_PEAK.value * 1e12)
     if "sample" not in _SKIP.value:
       results["sample"] = bench_sample(config, _BATCH.value, steps, repeats, preset["warmup"],
-                                       _SKIP.value)
+                                       _SKIP.value, tuple(_SAMPLERS.value))
     if "components" not in _SKIP.value:
       results["components"] = bench_components(config, _BATCH.value, repeats, preset["warmup"])
     if _COMPARE.value:

@@ -133,8 +133,9 @@ def train_defaults() -> ml_collections.ConfigDict:
       sample_every=10000,            # steps between sample grids
       grid_samples=16,               # images per grid (0: no grids)
       grid_sampler="ddim",           # sampler of the grids (any of sample.sampler's)
-      grid_steps=0,                  # grid sampler steps (0: grid_respacing)
+      grid_steps=0,                  # grid sampler's network evaluations (0: grid_respacing)
       grid_respacing="ddim50",       # respacing of a ddpm / ddim grid when grid_steps is 0
+      grid_time_schedule="time_uniform",  # time schedule of a solver grid (as sample.time_schedule)
       grid_cfg_scale=0.0,            # classifier-free guidance scale of the grids
       progress=True,                 # progress bar
       tensorboard=True,              # also write TensorBoard summaries when TensorFlow is installed
@@ -145,9 +146,11 @@ def sample_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       num_samples=10000,             # images to sample
       batch_size=64,                 # images per sampling call (split over devices)
-      sampler="ddpm",                # ddpm (ancestral) | ddim
-      steps=0,                       # network evaluations per image (0: timestep_respacing)
+      sampler="ddpm",                # ddpm (ancestral) | ddim | dpmpp_1 | dpmpp_2m | dpmpp_3m | dpmpp_2s | sde_dpmpp_2m | plms
+      steps=0,                       # network evaluations per image (0: timestep_respacing; solvers need >= 1)
       timestep_respacing="250",      # respacing of ddpm / ddim when steps is 0
+      time_schedule="time_uniform",  # solvers: time_uniform | logsnr | time_quadratic | karras
+      thresholding=False,            # solvers: Imagen's dynamic thresholding of x_0
       eta=0.0,                       # DDIM noise (0: deterministic)
       use_ema=True,                  # sample with the EMA parameters
       ema_index=-1,                  # which EMA rate (index into train.ema_rate)

@@ -210,9 +210,12 @@ def build_classifier(config: ml_collections.ConfigDict, mesh=None, *,
 
 
 # ----------------------------------------------------------------------------- training runs
-def sampler_spec(name: str, steps: int, respacing: str, eta: float = 0.0) -> sampling.SamplerSpec:
+def sampler_spec(name: str, steps: int, respacing: str = "", eta: float = 0.0,
+                 time_schedule: str = "time_uniform", thresholding: bool = False
+                 ) -> sampling.SamplerSpec:
   return sampling.SamplerSpec(name=name, steps=int(steps), timestep_respacing=str(respacing),
-                              eta=float(eta))
+                              eta=float(eta), time_schedule=str(time_schedule),
+                              thresholding=bool(thresholding))
 
 
 def grid_hook(exp: Experiment, workdir: str) -> Optional[loop_lib.Hook]:
@@ -223,7 +226,8 @@ def grid_hook(exp: Experiment, workdir: str) -> Optional[loop_lib.Hook]:
   scale = float(t.grid_cfg_scale)
   sample_fn = sampling.make_sample_fn(
       lambda p, x, tt, y, **kw: exp.apply_fn(p, x, tt, y, **kw), exp.diffusion, exp.image_shape,
-      sampler_spec(t.grid_sampler, t.grid_steps, t.grid_respacing),
+      sampler_spec(t.grid_sampler, t.grid_steps, t.grid_respacing,
+                   time_schedule=t.grid_time_schedule),
       class_cond=cfg.model.class_cond, cfg_scale=scale, null_label=cfg.model.num_classes,
       out_shardings=shd.replicated(exp.mesh))
   kwargs_fn = model_kwargs_fn(cfg)

@@ -18,6 +18,7 @@ from adm_jax import diffusion as diff
 from adm_jax import experiment
 from adm_jax import sampling
 from adm_jax import sharding as shd
+from adm_jax import validation
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def output_dir(config, workdir: str) -> str:
 
 def sampler_spec(config) -> sampling.SamplerSpec:
   s = config.sample
-  return experiment.sampler_spec(s.sampler, s.steps, s.timestep_respacing, s.eta)
+  return experiment.sampler_spec(s.sampler, s.steps, s.timestep_respacing, s.eta,
+                                 s.time_schedule, s.thresholding)
 
 
 def _base_samples(config, num_samples: int):
@@ -74,9 +76,7 @@ def run(config, workdir: str, mesh=None) -> str:
   """
   scfg = config.sample
   mesh = mesh or shd.create_mesh(1)
-  if scfg.batch_size % mesh.size:
-    raise ValueError(f"sample.batch_size={scfg.batch_size} must be divisible by the number of "
-                     f"devices ({mesh.size})")
+  validation.validate(config, "sample", output_dir(config, workdir), devices=mesh.size)
   spec = sampler_spec(config)
   config, model, params, step = experiment.load_sampling_model(config, workdir, mesh)
   classifier_fn, classifier_params = None, None
@@ -134,6 +134,7 @@ def run(config, workdir: str, mesh=None) -> str:
     json.dump({"checkpoint_step": step, "num_samples": int(arr_0.shape[0]),
                "sampler": scfg.sampler, "steps": scfg.steps,
                "timestep_respacing": scfg.timestep_respacing,
+               "time_schedule": scfg.time_schedule, "thresholding": scfg.thresholding,
                "classifier_scale": scfg.classifier_scale, "cfg_scale": scfg.cfg_scale,
                "seed": scfg.seed, "npz": path}, f, indent=2)
   for i in range(num_batches):
@@ -150,6 +151,7 @@ def run_nll(config, workdir: str, mesh=None) -> Dict:
   """
   scfg = config.sample
   mesh = mesh or shd.create_mesh(1)
+  validation.validate(config, "nll", workdir, devices=mesh.size)
   config, model, params, step = experiment.load_sampling_model(config, workdir, mesh)
   gd = diff.respaced(experiment.diffusion_process(config), config.diffusion.timestep_respacing)
   cond = config.model.class_cond

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> Dict[str, float]:
   """Trains (or resumes) the diffusion model of `config` in `workdir`; returns the last metrics."""
-  validation.validate(config, "train", workdir)
+  validation.validate(config, "train", workdir, devices=mesh.size if mesh else None)
   exp = experiment.build(config, mesh)
   log.info("model: %.2fM parameters; %d devices, %d processes",
            state_lib.param_count(exp.abstract_state.params) / 1e6, jax.device_count(),
@@ -35,7 +35,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> Dict[str,
 
 def run_classifier(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> Dict[str, float]:
   """Trains (or resumes) the classifier of `config`; returns the last (validation) metrics."""
-  validation.validate(config, "train_classifier", workdir)
+  validation.validate(config, "train_classifier", workdir, devices=mesh.size if mesh else None)
   exp = experiment.build_classifier(config, mesh)
   log.info("classifier: %.2fM parameters", state_lib.param_count(exp.abstract_state.params) / 1e6)
   return loop.run(experiment.loop_spec(exp, workdir))

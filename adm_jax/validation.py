@@ -10,6 +10,7 @@ from typing import Optional
 
 import jax
 
+from adm_jax import config_base
 from adm_jax import data as data_lib
 from adm_jax import diffusion as diff
 from adm_jax import models
@@ -45,13 +46,15 @@ def _batch_divides(key: str, batch: int, devices: int) -> None:
            f"{key}={batch} must be a positive multiple of the number of devices ({devices})")
 
 
-def validate(config, mode: str, workdir: Optional[str] = None, source=None) -> None:
+def validate(config, mode: str, workdir: Optional[str] = None, source=None,
+             devices: Optional[int] = None) -> None:
   """Raises ConfigError for the first setting of `config` that cannot work in `mode`.
 
-  source: the training data source if already created (its class count is checked).
+  source: the training data source if already created (its class count is checked);
+  devices: the run's device count (default: all of JAX's devices).
   """
-  m, t, c, s, d = config.model, config.train, config.classifier, config.sample, config.data
-  devices = jax.device_count()
+  m, c, s, d = config.model, config.classifier, config.sample, config.data
+  devices = devices or jax.device_count()
   _require(d.channels in (1, 3), f"data.channels={d.channels!r} must be 1 (grayscale) or 3 (RGB)")
   _require(m.in_channels == d.channels,
            f"model.in_channels={m.in_channels} must equal data.channels={d.channels}")
@@ -87,6 +90,11 @@ def validate(config, mode: str, workdir: Optional[str] = None, source=None) -> N
       raise ConfigError(str(e)) from None
 
 
+def _process(config) -> diff.GaussianDiffusion:
+  """The un-respaced process of a config (host numpy tables only)."""
+  return diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, ""))
+
+
 def _validate_training(config, devices: int) -> None:
   m, t = config.model, config.train
   _require(m.dtype != "float16", "model.dtype='float16' cannot train: adm_jax has no loss "
@@ -112,7 +120,8 @@ def _validate_training(config, devices: int) -> None:
     state_lib.parse_ema_rates(t.ema_rate)
     update.microbatch_count(t.batch_size, t.microbatch, devices)
     if t.grid_samples:
-      sampling.SamplerSpec(t.grid_sampler, t.grid_steps, t.grid_respacing)
+      sampling.SamplerSpec(t.grid_sampler, t.grid_steps, t.grid_respacing,
+                           time_schedule=t.grid_time_schedule).check(_process(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -159,7 +168,8 @@ def _validate_sampling(config, mode: str, devices: int) -> None:
   _batch_divides("sample.batch_size", s.batch_size, devices)
   if mode == "sample":
     try:
-      sampling.SamplerSpec(s.sampler, s.steps, s.timestep_respacing, s.eta)
+      sampling.SamplerSpec(s.sampler, s.steps, s.timestep_respacing, s.eta, s.time_schedule,
+                           s.thresholding).check(_process(config))
     except ValueError as e:
       raise ConfigError(f"sample: {e}") from None
     if s.classifier_scale and m.class_cond and not s.classifier_path:

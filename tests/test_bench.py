@@ -74,8 +74,10 @@ def test_train_sample_and_components_report(tmp_path):
   assert any("conv" in r["op"] for r in top), top  # a UNet step spends time in convolutions
   bench.print_profile(train["profile"])
 
-  sample = bench.bench_sample(config, batch=2, steps=2, repeats=1, warmup=0, skip=[])
-  assert set(sample) == {f"{s}_{k}" for s in ("ddpm", "ddim") for k in ("unguided", "classifier", "cfg")}
+  samplers = ("ddpm", "ddim", "dpmpp_2m")
+  sample = bench.bench_sample(config, batch=2, steps=2, repeats=1, warmup=0, skip=[],
+                              samplers=samplers)
+  assert set(sample) == {f"{s}_{k}" for s in samplers for k in ("unguided", "classifier", "cfg")}
   for r in sample.values():
     assert r["steps"] == 2 and r["s_per_step"] == pytest.approx(r["loop_median_s"] / 2)
   components = bench.bench_components(config, batch=2, repeats=1, warmup=0)
@@ -83,7 +85,7 @@ def test_train_sample_and_components_report(tmp_path):
   # batch; a classifier-guided step adds one classifier forward + backward.
   flops = {k: r["flops_per_step_per_image"] for k, r in sample.items()}
   forward = components["unet_forward_flops_per_image"]
-  for s in ("ddpm", "ddim"):
+  for s in samplers:
     assert flops[f"{s}_unguided"] == pytest.approx(forward, rel=0.1)
     assert flops[f"{s}_cfg"] == pytest.approx(2 * forward, rel=0.1)
     assert flops[f"{s}_classifier"] - flops[f"{s}_unguided"] == pytest.approx(
@@ -97,6 +99,7 @@ def test_train_sample_and_components_report(tmp_path):
   rows = bench.table_rows({"train": train, "sample": sample, "components": components,
                            "reference": bench.reference_medians(str(ref_path))})
   by_name = {r[0]: r for r in rows}
+  assert "dpmpp_2m guided step / DDIM guided step" in by_name
   # The harness's EMA (timed apart) counts into its train step, as ours includes EMA.
   assert by_name["train step (fwd+bwd+AdamW+EMA)"][4] == "0.50x"
   assert by_name["ddpm guidance overhead"][3] == "70%"

@@ -2,7 +2,13 @@
 
 `make_sample_fn` returns ONE jitted function (params, key, labels[, classifier_params,
 model_kwargs]) -> images in [-1, 1] that runs a whole sampler loop on device; `sample.py`
-(the sample mode) and the training loop's sample grids both use it.
+(the sample mode), the training loop's sample grids and the benchmark all use it.
+
+Samplers: the reference's ancestral ("ddpm") and DDIM ("ddim") over a respaced process, and
+the fast solvers of adm_jax.diffusion.solvers (DPM-Solver++ 1 / 2M / 3M / 2S,
+SDE-DPM-Solver++(2M), PLMS) over a time schedule of the un-respaced process. `steps` is the
+number of network evaluations (NFE) per image; with classifier guidance each also costs one
+classifier forward and backward.
 """
 import dataclasses
 from typing import Callable, Optional
@@ -14,29 +20,51 @@ from adm_jax import guidance
 
 # The reference's two samplers: ancestral ("ddpm") and DDIM, over a respaced process.
 RESPACED_SAMPLERS = ("ddpm", "ddim")
-SAMPLERS = RESPACED_SAMPLERS
+SOLVERS = tuple(diff.SOLVERS)
+SAMPLERS = RESPACED_SAMPLERS + SOLVERS
+TIME_SCHEDULES = tuple(diff.TIME_SCHEDULES)
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
   """Which sampler, over which steps.
 
-  name: one of SAMPLERS. steps > 0: network evaluations (for ddpm / ddim the respacing "N":
-  N evenly spaced steps, both ends included); steps == 0 takes `timestep_respacing` instead
-  (the reference's syntax: "250", "ddim50", "10,20,30"; ddpm / ddim only). eta: DDIM's noise.
+  name: one of SAMPLERS. steps > 0: network evaluations per image (for ddpm / ddim the
+  respacing "N": N evenly spaced steps, both ends included); steps == 0 takes
+  `timestep_respacing` instead (the reference's syntax: "250", "ddim50", "10,20,30"; ddpm /
+  ddim only). eta: DDIM's noise. time_schedule: the solvers' spacing of t (one of
+  TIME_SCHEDULES); thresholding: the solvers' dynamic thresholding of x_0 (Imagen).
   """
   name: str = "ddpm"
   steps: int = 0
   timestep_respacing: str = ""
   eta: float = 0.0
+  time_schedule: str = "time_uniform"
+  thresholding: bool = False
 
   def __post_init__(self):
     if self.name not in SAMPLERS:
       raise ValueError(f"unknown sampler {self.name!r}; expected one of {', '.join(SAMPLERS)}")
-    if self.steps < 0:
-      raise ValueError(f"sampler steps must be >= 1 (or 0 to use timestep_respacing), got {self.steps}")
-    if self.steps == 0 and not str(self.timestep_respacing).strip():
+    if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+      raise ValueError(f"sampler steps must be an integer >= 1 (or 0 to use "
+                       f"timestep_respacing), got {self.steps!r}")
+    if self.is_solver:
+      if self.steps < 1:
+        raise ValueError(f"sampler {self.name!r} needs steps >= 1 (network evaluations per image)")
+      if self.time_schedule not in TIME_SCHEDULES:
+        raise ValueError(f"unknown time_schedule {self.time_schedule!r}; expected one of "
+                         f"{', '.join(TIME_SCHEDULES)}")
+    elif self.steps == 0 and not str(self.timestep_respacing).strip():
       raise ValueError(f"sampler {self.name!r} needs steps >= 1 or a timestep_respacing")
+    if self.eta and self.name != "ddim":
+      raise ValueError(f"eta={self.eta} is DDIM's noise; sampler {self.name!r} does not take it")
+    if self.thresholding and not self.is_solver:
+      raise ValueError(f"thresholding is an option of the solvers ({', '.join(SOLVERS)}), "
+                       f"not of {self.name!r}")
+
+  @property
+  def is_solver(self) -> bool:
+    return self.name in SOLVERS
 
   @property
   def respacing(self) -> str:
@@ -44,10 +72,28 @@ class SamplerSpec:
     return str(self.steps) if self.steps else str(self.timestep_respacing)
 
   def process(self, base: diff.GaussianDiffusion) -> diff.GaussianDiffusion:
-    """The (respaced) process this sampler runs over, from the un-respaced training process."""
+    """The process this sampler runs over: respaced for ddpm / ddim, `base` for the solvers."""
+    if self.is_solver:
+      return base
     return diff.respaced(base, self.respacing)
 
+  def check(self, base: diff.GaussianDiffusion) -> None:
+    """Raises ValueError when the sampler cannot run on `base` (e.g. more steps than it has)."""
+    if self.is_solver:
+      diff.solver_plan(base, self.name, self.steps, time_schedule=self.time_schedule)
+    else:
+      self.process(base)
+
+  def nfe(self, base: diff.GaussianDiffusion) -> int:
+    """Network evaluations per image."""
+    if self.is_solver:
+      return diff.solver_plan(base, self.name, self.steps, time_schedule=self.time_schedule).nfe
+    return self.process(base).num_timesteps
+
   def describe(self) -> str:
+    if self.is_solver:
+      return (f"{self.name}, {self.steps} network evaluations, {self.time_schedule} time "
+              f"schedule" + (", dynamic thresholding" if self.thresholding else ""))
     extra = f", eta {self.eta}" if self.name == "ddim" and self.eta else ""
     return f"{self.name} over respacing {self.respacing!r}{extra}"
 
@@ -70,6 +116,7 @@ def make_sample_fn(apply_fn: Callable, base: diff.GaussianDiffusion, image_shape
                      f"classifier_scale={classifier_scale}")
   if cfg_scale and not class_cond:
     raise ValueError("classifier-free guidance (cfg_scale > 0) needs a class-conditional model")
+  sampler.check(base)  # bad steps / schedules fail here, before anything is traced
   process = sampler.process(base)
 
   def run(params, key, labels, classifier_params=None, model_kwargs=None):
@@ -84,6 +131,10 @@ def make_sample_fn(apply_fn: Callable, base: diff.GaussianDiffusion, image_shape
     shape = (labels.shape[0],) + tuple(image_shape)
     kwargs = dict(clip_denoised=clip_denoised, cond_fn=cond_fn,
                   model_kwargs=dict(model_kwargs or {}, y=labels))
+    if sampler.is_solver:
+      return diff.solver_sample_loop(process, model_fn, shape, key, solver=sampler.name,
+                                     steps=sampler.steps, time_schedule=sampler.time_schedule,
+                                     thresholding=sampler.thresholding, **kwargs)
     if sampler.name == "ddim":
       return diff.ddim_sample_loop(process, model_fn, shape, key, eta=sampler.eta, **kwargs)
     return diff.p_sample_loop(process, model_fn, shape, key, **kwargs)
