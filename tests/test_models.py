@@ -1,4 +1,6 @@
 """The Flax networks against the reference fixtures, plus dtype, remat and config checks."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -112,28 +114,45 @@ def test_bfloat16_compute_stays_close(fx):
   assert rel_rms < BF16_REL_RMS, rel_rms
 
 
-@pytest.mark.slow  # compiles gradients with and without remat
-def test_remat_same_outputs_and_gradients():
-  fx_cfg = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2",
-                attention_resolutions="16", num_heads=2, learn_sigma=True, class_cond=True,
-                num_classes=10, resblock_updown=True, dropout=0.1)
-  plain = models.create_model(fx_cfg)
-  remat = models.create_model(dict(fx_cfg, use_checkpoint=True))
+_REMAT_CFG = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+                  attention_resolutions="16", num_heads=2, learn_sigma=True, class_cond=True,
+                  num_classes=10, resblock_updown=True, dropout=0.1)
+
+
+def _remat_loss(module):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   t, y = jnp.array([3, 700]), jnp.array([1, 2])
-  params = plain.init(jax.random.PRNGKey(1), x, t, y=y)["params"]
 
-  def loss(p, module):
+  def loss(p):
     out = module.apply({"params": p}, x, t, y=y, train=True,
                        rngs={"dropout": jax.random.PRNGKey(2)})
     return jnp.sum(out ** 2)
 
-  l1, g1 = jax.value_and_grad(loss)(params, plain)
-  l2, g2 = jax.value_and_grad(loss)(params, remat)
+  return loss, (x, t, y)
+
+
+@functools.lru_cache(maxsize=None)
+def _plain_loss_and_grads():
+  plain = models.create_model(_REMAT_CFG)
+  loss, (x, t, y) = _remat_loss(plain)
+  params = plain.init(jax.random.PRNGKey(1), x, t, y=y)["params"]
+  assert "remat" not in str(jax.make_jaxpr(jax.grad(loss))(params))
+  return params, jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.slow  # compiles gradients with and without remat, for every policy
+@pytest.mark.parametrize("policy", ["use_checkpoint"] + sorted(
+    set(models.unet.REMAT_POLICIES) - {"none"}))
+def test_remat_same_outputs_and_gradients(policy):
+  flags = dict(use_checkpoint=True) if policy == "use_checkpoint" else dict(remat_policy=policy)
+  loss, _ = _remat_loss(models.create_model(dict(_REMAT_CFG, **flags)))
+  params, (l1, g1) = _plain_loss_and_grads()
+  l2, g2 = jax.jit(jax.value_and_grad(loss))(params)
   np.testing.assert_allclose(l1, l2, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-  assert "remat" in str(jax.make_jaxpr(lambda p: loss(p, remat))(params))
+  # The blocks are recomputed in the backward pass (and only when rematerialising).
+  assert "remat" in str(jax.make_jaxpr(jax.grad(loss))(params))
 
 
 RELEASED_COUNTS = {
@@ -159,6 +178,7 @@ def test_released_configs_build_abstractly_with_reference_counts(name):
     (dict(image_size=64, attention_resolutions="4"), "resolution 4 is never reached"),
     (dict(image_size=64, channel_mult="1,a"), "channel_mult"),
     (dict(image_size=64, dtype="float8"), "dtype"),
+    (dict(image_size=64, remat_policy="everything"), "remat_policy='everything'"),
 ])
 def test_config_errors_name_the_flag(flags, match):
   with pytest.raises(ValueError, match=match):

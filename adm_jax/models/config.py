@@ -9,7 +9,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import jax.numpy as jnp
 
-from adm_jax.models.unet import POOLS, EncoderClassifier, SuperResUNet, UNet
+from adm_jax.models.unet import POOLS, REMAT_POLICIES, EncoderClassifier, SuperResUNet, UNet
 
 DEFAULT_CHANNEL_MULT = {
     32: (1, 2, 2, 2), 64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4), 256: (1, 1, 2, 2, 4, 4),
@@ -84,6 +84,14 @@ def _dtype(cfg):
   return DTYPES[name]
 
 
+def _remat_policy(cfg) -> str:
+  """The `remat_policy` flag ("" = the default policy when use_checkpoint, else none)."""
+  policy = str(_get(cfg, "remat_policy", "") or "")
+  if policy and policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy={policy!r}: expected one of {sorted(REMAT_POLICIES)}")
+  return policy
+
+
 def unet_kwargs(cfg) -> Dict[str, Any]:
   """UNet constructor arguments from reference-named flags."""
   image_size = int(_get(cfg, "image_size", 64))
@@ -109,7 +117,8 @@ def unet_kwargs(cfg) -> Dict[str, Any]:
       out_channels=out_channels, num_res_blocks=int(_get(cfg, "num_res_blocks", 2)),
       attention_resolutions=attn, channel_mult=mult, dropout=dropout,
       num_classes=int(_get(cfg, "num_classes", 1000)) if class_cond else None,
-      use_checkpoint=bool(_get(cfg, "use_checkpoint", False)), num_heads=heads,
+      use_checkpoint=bool(_get(cfg, "use_checkpoint", False)),
+      remat_policy=_remat_policy(cfg), num_heads=heads,
       num_head_channels=head_channels, num_heads_upsample=heads_up,
       use_scale_shift_norm=bool(_get(cfg, "use_scale_shift_norm", True)),
       resblock_updown=bool(_get(cfg, "resblock_updown", False)),
@@ -167,7 +176,8 @@ def create_classifier(cfg) -> EncoderClassifier:
       attention_resolutions=attn, channel_mult=mult, num_head_channels=64,
       use_scale_shift_norm=bool(_get(cfg, "classifier_use_scale_shift_norm", True)),
       resblock_updown=bool(_get(cfg, "classifier_resblock_updown", True)),
-      use_checkpoint=bool(_get(cfg, "use_checkpoint", False)), pool=pool, dtype=dtype)
+      use_checkpoint=bool(_get(cfg, "use_checkpoint", False)), remat_policy=_remat_policy(cfg),
+      pool=pool, dtype=dtype)
 
 
 # The released checkpoints' flags (guided-diffusion README / fixtures README).

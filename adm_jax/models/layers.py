@@ -3,7 +3,14 @@
 Submodule names follow the reference's state-dict names with '.' replaced by '_'
 (e.g. `in_layers_2` for `in_layers.2`), so converting a PyTorch checkpoint is a
 mechanical renaming (see adm_jax.convert). Parameters are float32; `dtype` is the
-compute dtype. GroupNorm statistics and attention softmax are always float32.
+compute dtype. GroupNorm statistics, attention softmax and (with a bfloat16 / float16 `dtype`)
+bias gradients are float32.
+
+Backend-specific kernels are chosen per platform when the program is lowered
+(`jax.lax.platform_dependent`): on CPU the convolution and GroupNorm custom VJPs and the
+heads-major attention tuned for XLA:CPU (experiments/RESULTS.md); on GPU and TPU plain
+autodiff of `lax.conv_general_dilated` and of the same GroupNorm forward, and
+`jax.nn.dot_product_attention` (cuDNN flash attention on a CUDA GPU where it applies).
 """
 import functools
 import math
@@ -35,18 +42,31 @@ def _conv_nhwc(x, kernel, stride: int, padding):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, kernel, stride: int, padding):
   """NHWC x HWIO convolution, [B, H, W, Cin] -> [B, H', W', Cout], `padding` ((lo, hi), (lo, hi)).
 
-  Same values and gradients as `lax.conv_general_dilated`; both gradients are formulated as
-  canonical convolutions (the kernel gradient: see `_kernel_gradient`). For the input
-  gradient the autodiff rule convolves with the flipped kernel read as HWOI. Inside a
-  `lax.scan` body (the guided sampling loop) XLA:CPU then keeps that non-canonical kernel
-  layout and runs the convolution through its slow generic loop emitter instead of Eigen
-  (measured: +44% per guided sampling step). Here the flipped, transposed kernel is
-  materialised as an HWIO array behind an optimisation barrier, so the input gradient is
-  always a canonical convolution.
+  On CPU `_conv2d_cpu` (a custom VJP whose gradients are canonical convolutions); elsewhere
+  plain autodiff of `lax.conv_general_dilated`, whose gradients XLA's GPU / TPU convolution
+  rewriters and layout assignment handle themselves (the CPU barriers and [Cin, H, W, B]
+  copies would only get in their way).
+  """
+  padding = tuple(tuple(p) for p in padding)
+  return jax.lax.platform_dependent(
+      x, kernel, cpu=lambda a, k: _conv2d_cpu(a, k, stride, padding),
+      default=lambda a, k: _conv_nhwc(a, k, stride, padding))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d_cpu(x, kernel, stride: int, padding):
+  """`conv2d` for XLA:CPU: same values and gradients as `lax.conv_general_dilated`.
+
+  Both gradients are formulated as canonical convolutions (the kernel gradient: see
+  `_kernel_gradient`). For the input gradient the autodiff rule convolves with the flipped
+  kernel read as HWOI. Inside a `lax.scan` body (the guided sampling loop) XLA:CPU then keeps
+  that non-canonical kernel layout and runs the convolution through its slow generic loop
+  emitter instead of Eigen (measured: +44% per guided sampling step). Here the flipped,
+  transposed kernel is materialised as an HWIO array behind an optimisation barrier, so the
+  input gradient is always a canonical convolution.
   """
   return _conv_nhwc(x, kernel, stride, padding)
 
@@ -95,7 +115,7 @@ def _kernel_gradient(x, grad_out, kernel_shape, stride: int, padding):
   return jnp.transpose(grad[:, :k_h, :k_w, :], (1, 2, 0, 3))
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+_conv2d_cpu.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 class Conv(nn.Module):
@@ -116,7 +136,51 @@ class Conv(nn.Module):
     pad = (k - 1) // 2
     y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
                ((pad, pad), (pad, pad)))
-    return y + bias.astype(self.dtype)
+    return _add_bias(y, bias, self.dtype)
+
+
+def _add_bias(y, bias, dtype):
+  """y [..., C] + bias [C] (float32) in `dtype`; in bf16 / fp16 the bias gradient sums in float32."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return y + bias.astype(dtype)
+  return add_bias_f32_grad(y, bias)
+
+
+@jax.custom_vjp
+def add_bias_f32_grad(y, bias):
+  """y [..., C] (bfloat16 / float16) + bias [C] (float32), rounded to y's dtype.
+
+  Autodiff would sum the bias gradient over all B x H x W positions in y's dtype; here the
+  cotangent is widened to float32 before that reduction.
+  """
+  return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+  return add_bias_f32_grad(y, bias), None
+
+
+def _add_bias_bwd(_, grad):
+  return grad, grad.astype(jnp.float32).sum(axis=tuple(range(grad.ndim - 1)))
+
+
+add_bias_f32_grad.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class Dense(nn.Module):
+  """flax nn.Dense (same `kernel` [Cin, Cout] / `bias` [Cout] params and initialisers) computed in
+  `dtype`, with the bias gradient summed in float32 when `dtype` is bfloat16 / float16."""
+  features: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())))
+    return _add_bias(y, bias, self.dtype)
 
 
 def conv3x3(features: int, dtype: Dtype, name: str, stride: int = 1, zero: bool = False):
@@ -147,14 +211,22 @@ def _expand(per_channel, ndim: int):
   return per_channel.reshape((per_channel.shape[0],) + (1,) * (ndim - 2) + per_channel.shape[-1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def group_norm(x, scale, bias, groups: int, eps: float, silu: bool):
   """GroupNorm over the last axis of [B, ..., C] (+ SiLU), in float32; returns float32.
 
-  The backward pass is written out (two passes over the activations: one fused reduction
-  for the scale / bias / group terms, one elementwise pass for dx) instead of autodiff's
-  chain of broadcasts and reductions.
+  One forward everywhere; its backward is `_group_norm_cpu`'s hand-written one on CPU and
+  autodiff elsewhere (XLA:GPU / TPU fuse autodiff's reductions themselves).
   """
+  return jax.lax.platform_dependent(
+      x, scale, bias, cpu=lambda *a: _group_norm_cpu(*a, groups, eps, silu),
+      default=lambda *a: _group_norm_fwd(*a, groups, eps, silu)[0])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _group_norm_cpu(x, scale, bias, groups: int, eps: float, silu: bool):
+  """`group_norm` for XLA:CPU with the backward pass written out (two passes over the
+  activations: one fused reduction for the scale / bias / group terms, one elementwise pass
+  for dx) instead of autodiff's chain of broadcasts and reductions."""
   return _group_norm_fwd(x, scale, bias, groups, eps, silu)[0]
 
 
@@ -192,7 +264,7 @@ def _group_norm_bwd(groups, eps, silu, residuals, grad):
   return grad_x.astype(x.dtype), sum_dy_xhat.sum(0), sum_dy.sum(0)
 
 
-group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+_group_norm_cpu.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 
 class GroupNorm(nn.Module):
@@ -218,11 +290,16 @@ class GroupNorm(nn.Module):
 
 
 def avg_pool2(x):
-  """2x2 average pooling with stride 2 (torch avg_pool2d(2))."""
+  """2x2 average pooling with stride 2 (torch avg_pool2d(2)); sums in float32, returns x's dtype."""
+  if x.dtype != jnp.float32:
+    return avg_pool2(x.astype(jnp.float32)).astype(x.dtype)
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
 def nearest_up2(x):
+  """Nearest 2x upsampling [B, H, W, C] -> [B, 2H, 2W, C]; the gradient's 2x2 sums in float32."""
+  if x.dtype != jnp.float32:
+    return nearest_up2(x.astype(jnp.float32)).astype(x.dtype)
   b, h, w, c = x.shape
   x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
   return x.reshape(b, 2 * h, 2 * w, c)
@@ -279,9 +356,9 @@ class ResBlock(nn.Module):
     elif self.down:
       h, x = avg_pool2(h), avg_pool2(x)
     h = conv3x3(out, self.dtype, "in_layers_2")(h)
-    emb_out = nn.Dense(2 * out if self.use_scale_shift_norm else out, dtype=self.dtype,
-                       name="emb_layers_1")(nn.silu(emb.astype(self.dtype)))
-    emb_out = emb_out[:, None, None, :].astype(jnp.float32)
+    emb_out = Dense(2 * out if self.use_scale_shift_norm else out, dtype=self.dtype,
+                    name="emb_layers_1")(nn.silu(emb.astype(self.dtype)))
+    emb_out = emb_out.astype(jnp.float32)[:, None, None, :]
     if self.use_scale_shift_norm:
       scale, shift = jnp.split(emb_out, 2, axis=-1)
       h = GroupNorm(dtype=jnp.float32, name="out_layers_0")(h)
@@ -297,21 +374,38 @@ class ResBlock(nn.Module):
     return x + h
 
 
+def qkv_attention(qkv, num_heads: int, new_order: bool):
+  """Softmax self-attention of packed [B, T, 3*H*d] projections -> [B, T, H*d] (head-major).
+
+  `new_order`: ({q,k,v}, head, d) channel order, else the legacy (head, {q,k,v}, d). Logits
+  scaled by 1/sqrt(d) (the reference scales q and k each by d^(-1/4)); softmax in float32.
+  On CPU the heads-major `attention`; elsewhere `jax.nn.dot_product_attention` (cuDNN flash
+  attention on a CUDA GPU where it applies, else its XLA implementation).
+  """
+  return jax.lax.platform_dependent(
+      qkv, cpu=lambda a: attention(*split_heads(a, num_heads, new_order)),
+      cuda=lambda a: _attention_xla(a, num_heads, new_order, try_cudnn=True),
+      default=lambda a: _attention_xla(a, num_heads, new_order, try_cudnn=False))
+
+
 def split_heads(qkv, num_heads: int, new_order: bool):
   """[B, T, 3*H*d] → q, k, v [B, H, T, d] for the legacy (h,{q,k,v},d) or new ({q,k,v},h,d) order."""
+  return tuple(jnp.transpose(a, (0, 2, 1, 3)) for a in _split_tokens(qkv, num_heads, new_order))
+
+
+def _split_tokens(qkv, num_heads: int, new_order: bool):
+  """[B, T, 3*H*d] → q, k, v [B, T, H, d] (the layout of jax.nn.dot_product_attention)."""
   b, t, c3 = qkv.shape
   d = c3 // (3 * num_heads)
   if new_order:
     qkv = qkv.reshape(b, t, 3, num_heads, d)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-  else:
-    qkv = qkv.reshape(b, t, num_heads, 3, d)
-    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
-  return tuple(jnp.transpose(a, (0, 2, 1, 3)) for a in (q, k, v))
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  qkv = qkv.reshape(b, t, num_heads, 3, d)
+  return qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
 
 
 def attention(q, k, v):
-  """Softmax attention on heads-major [B, H, T, d]; q and k each scaled by d^(-1/4).
+  """Softmax attention on heads-major [B, H, T, d]; q and k each scaled by d^(-1/4) (XLA:CPU).
 
   Logits and softmax in float32; returns [B, T, H*d] (head-major channels). The softmax
   normalisation is applied after the weighted sum ([T, d] instead of [T, T] divisions:
@@ -329,6 +423,28 @@ def attention(q, k, v):
   return jnp.transpose(out, (0, 2, 1, 3)).reshape(b, t, h * d)
 
 
+def _cudnn_may_apply(q) -> bool:
+  """Whether cuDNN flash attention may run q [B, T, H, d]: a GPU, 16-bit floats, d % 8 == 0, <= 128."""
+  d = q.shape[-1]
+  return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+          and d % 8 == 0 and d <= 128)
+
+
+def _attention_xla(qkv, num_heads: int, new_order: bool, try_cudnn: bool):
+  """`qkv_attention` by jax.nn.dot_product_attention on [B, T, H, d] (no heads-major copies)."""
+  q, k, v = _split_tokens(qkv, num_heads, new_order)
+  out = None
+  if try_cudnn and _cudnn_may_apply(q):
+    try:  # cuDNN refuses some shapes / versions while tracing; fall back to XLA then.
+      out = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    except Exception:  # pylint: disable=broad-except
+      out = None
+  if out is None:
+    out = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  b, t, h, d = out.shape
+  return out.reshape(b, t, h * d)
+
+
 class AttentionBlock(nn.Module):
   """Self-attention over all positions with a residual connection (`norm`, `qkv`, `proj_out`)."""
   num_heads: int
@@ -340,10 +456,9 @@ class AttentionBlock(nn.Module):
     b, hh, ww, c = x.shape
     tokens = x.reshape(b, hh * ww, c)
     h = GroupNorm(dtype=self.dtype, name="norm")(tokens)
-    qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h)
-    q, k, v = split_heads(qkv, self.num_heads, self.use_new_attention_order)
-    h = attention(q, k, v)
-    h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(h)
+    qkv = Dense(3 * c, dtype=self.dtype, name="qkv")(h)
+    h = qkv_attention(qkv, self.num_heads, self.use_new_attention_order)
+    h = Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(h)
     return (tokens + h).reshape(b, hh, ww, c)
 
 
@@ -367,7 +482,6 @@ class AttentionPool(nn.Module):
                      (hh * ww + 1, c), jnp.float32)
     tokens = x.reshape(b, hh * ww, c).astype(jnp.float32)
     tokens = jnp.concatenate([tokens.mean(axis=1, keepdims=True), tokens], axis=1) + pos
-    qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv_proj")(tokens.astype(self.dtype))
-    q, k, v = split_heads(qkv, c // self.head_channels, new_order=True)
-    h = attention(q, k, v)
-    return nn.Dense(self.out_features, dtype=self.dtype, name="c_proj")(h)[:, 0]
+    qkv = Dense(3 * c, dtype=self.dtype, name="qkv_proj")(tokens.astype(self.dtype))
+    h = qkv_attention(qkv, c // self.head_channels, new_order=True)
+    return Dense(self.out_features, dtype=self.dtype, name="c_proj")(h)[:, 0]

@@ -6,6 +6,7 @@ All NHWC. Call signatures (other code relies on them):
   EncoderClassifier: apply(vars, x, t, train=False) -> logits [B, num_classes]
 Outputs are float32 whatever the compute dtype.
 """
+import functools
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -15,6 +16,53 @@ import jax.numpy as jnp
 from adm_jax.models import layers
 
 Dtype = Any
+
+_conv_saveable = lambda prim, *_, **__: prim.name == "conv_general_dilated"
+
+# Remat policies by flag value (model flag `remat_policy`): which values of a residual or attention
+# block its backward pass may keep from the forward pass instead of recomputing them.
+REMAT_POLICIES = {
+    "none": None,  # no remat
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,  # keep only each block's inputs
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "convs_saveable": _conv_saveable,  # keep convolution outputs, recompute norms / attention
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # convolutions and all matmuls
+}
+# What use_checkpoint=True means. Train step of a 64x64, 64-channel UNet, bf16, batch 8
+# (XLA:CPU memory_analysis): temp 1025 MiB without remat; convs_saveable 274 MiB at +2% FLOPs,
+# nothing_saveable 232 MiB at +19% (it recomputes the first convolution of every ResBlock).
+DEFAULT_REMAT_POLICY = "convs_saveable"
+
+
+def _after(tree, grad):
+  """tree's float leaves + 0 computed from `grad` (same values), so that XLA cannot schedule
+  what is computed from them before `grad` exists."""
+  g = grad.ravel()[0].astype(jnp.float32)
+  zero = jnp.where(g == g, jnp.minimum(jnp.abs(g), 0.0), 0.0)  # 0.0 also for inf / NaN
+  return jax.tree.map(
+      lambda a: a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def remat_call(module: nn.Module, policy: str, *args):
+  """module(*args), recomputed in the backward pass under REMAT_POLICIES[policy].
+
+  jax.checkpoint alone does not cut memory on XLA:CPU: its optimisation barrier only stops
+  CSE, and the scheduler then ran every block's recomputation during the forward pass
+  (measured), keeping all of it alive. Here the saved values enter the recomputation only
+  through a zero that depends on the block's output cotangent.
+  """
+  # No CSE barrier needed (or wanted: it would be the only optimisation barrier on GPU / TPU):
+  # the recomputation's inputs are new values (`_after`), which XLA cannot merge with the forward.
+  checkpointed = nn.checkpoint(lambda mdl, *a: mdl(*a), policy=REMAT_POLICIES[policy],
+                               prevent_cse=False)
+
+  def fwd(mdl, *a):
+    return nn.vjp(checkpointed, mdl, *a)
+
+  def bwd(vjp_fn, grad):
+    return _after(vjp_fn, grad)(grad)
+
+  return nn.custom_vjp(lambda mdl, *a: mdl(*a), forward_fn=fwd, backward_fn=bwd)(module, *args)
 
 
 class _Torso(nn.Module):
@@ -29,6 +77,7 @@ class _Torso(nn.Module):
   dropout: float = 0.0
   num_classes: Optional[int] = None
   use_checkpoint: bool = False
+  remat_policy: str = ""  # a REMAT_POLICIES key; "" means DEFAULT_REMAT_POLICY if use_checkpoint
   num_heads: int = 1
   num_head_channels: int = -1
   num_heads_upsample: int = -1
@@ -42,16 +91,26 @@ class _Torso(nn.Module):
       return channels // self.num_head_channels
     return self.num_heads_upsample if (upsample and self.num_heads_upsample != -1) else self.num_heads
 
+  def policy(self) -> str:
+    policy = self.remat_policy or (DEFAULT_REMAT_POLICY if self.use_checkpoint else "none")
+    if policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={policy!r}: expected one of {sorted(REMAT_POLICIES)}")
+    return policy
+
+  def rematted(self, module):
+    """module, or module recomputed in the backward pass (see remat_call)."""
+    policy = self.policy()
+    return module if policy == "none" else functools.partial(remat_call, module, policy)
+
   def res_block(self, name, out, train, up=False, down=False):
-    cls = nn.remat(layers.ResBlock) if self.use_checkpoint else layers.ResBlock
-    return cls(out_channels=out, dropout=self.dropout,
-               use_scale_shift_norm=self.use_scale_shift_norm, up=up, down=down,
-               deterministic=not train, dtype=self.dtype, name=name)
+    return self.rematted(layers.ResBlock(
+        out_channels=out, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
+        up=up, down=down, deterministic=not train, dtype=self.dtype, name=name))
 
   def attn_block(self, name, channels, upsample=False):
-    cls = nn.remat(layers.AttentionBlock) if self.use_checkpoint else layers.AttentionBlock
-    return cls(num_heads=self.heads(channels, upsample),
-               use_new_attention_order=self.use_new_attention_order, dtype=self.dtype, name=name)
+    return self.rematted(layers.AttentionBlock(
+        num_heads=self.heads(channels, upsample),
+        use_new_attention_order=self.use_new_attention_order, dtype=self.dtype, name=name))
 
   def time_embedding(self, t):
     emb = layers.timestep_embedding(t, self.model_channels)
