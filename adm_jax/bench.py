@@ -12,6 +12,7 @@ Presets: cpu_quick (bench32 config, batch 16, few repeats: < 5 min on 2 cores), 
 --profile=DIR also traces a few train steps with jax.profiler and prints the op kinds that took
 the most time.
 """
+import dataclasses
 import json
 import os
 import statistics
@@ -29,6 +30,7 @@ import numpy as np
 from adm_jax import config_base
 from adm_jax import experiment
 from adm_jax import guidance
+from adm_jax import memory_plan
 from adm_jax import sampling
 from adm_jax import sharding as shd
 from adm_jax import xla_env
@@ -58,6 +60,15 @@ _COMPARE = flags.DEFINE_string(
 _PROFILE = flags.DEFINE_string(
     "profile", "", "Directory: also trace 3 train steps with jax.profiler there (open it with "
     "XProf / TensorBoard's profile plugin) and print the op kinds taking the most time.")
+_PLAN = flags.DEFINE_bool(
+    "plan", False, "Memory plan of --config: compile its train step at per-device batch 1 and 2 "
+    "per remat policy (minutes per compile for the paper's models) and print, per device kind, "
+    "the per-device batch, microbatch, remat policy and FSDP that fit.")
+_PLAN_POLICIES = flags.DEFINE_list("plan_policies", ["none", "convs_saveable"],
+                                   "Remat policies the plan compiles.")
+_PLAN_KINDS = flags.DEFINE_list("plan_devices", list(memory_plan.DEVICE_KINDS),
+                                f"Device kinds of the plan: {', '.join(memory_plan.DEVICE_KINDS)}, "
+                                "or COUNTxGIB (e.g. 8x96).")
 _MEMORY_CONFIGS = flags.DEFINE_list("memory_configs", [], "Configs for --preset=memory "
                                     "(names in configs/; default: every released one).")
 
@@ -309,6 +320,47 @@ def bench_memory(configs_dir: str, names=RELEASED) -> List[Dict[str, Any]]:
   return rows
 
 
+def device_kinds(names) -> Dict[str, Any]:
+  """{kind: (devices, GiB)} from known kind names or COUNTxGIB."""
+  kinds = {}
+  for name in names:
+    if name in memory_plan.DEVICE_KINDS:
+      kinds[name] = memory_plan.DEVICE_KINDS[name]
+    else:
+      try:
+        count, gib = name.lower().split("x")
+        kinds[name] = (int(count), float(gib))
+      except ValueError:
+        raise app.UsageError(f"--plan_devices: {name!r} is neither one of "
+                             f"{', '.join(memory_plan.DEVICE_KINDS)} nor COUNTxGIB") from None
+  return kinds
+
+
+def run_plan(spec: str, policies, kind_names, dtype: str = "") -> Dict[str, Any]:
+  """Fits per remat policy, then the plan per device kind; prints the table."""
+  config = config_base.from_config_file(spec)
+  if dtype:
+    config.model.dtype = dtype
+  kinds = device_kinds(kind_names)
+  fits = []
+  for policy in policies:
+    start = time.perf_counter()
+    fit = memory_plan.measure(config, policy)
+    fits.append(fit)
+    print(f"{spec} remat={policy}: {fit.fixed / 2 ** 30:.2f} GiB + {fit.per_example / 2 ** 30:.3f} "
+          f"GiB per example (state {fit.state / 2 ** 30:.2f} GiB; {time.perf_counter() - start:.0f} s "
+          "to compile)", flush=True)
+  rows = memory_plan.table(spec, fits, config.train.batch_size, kinds)
+  print(f"\n{spec} ({config.model.dtype}, global batch {config.train.batch_size}); estimates from "
+        "XLA:CPU's memory analysis, 10% headroom")
+  print(f"{'device':14s} {'per-device batch':>16s} {'microbatch':>10s} {'remat':>15s} {'fsdp':>5s} "
+        f"{'GiB':>6s}")
+  for r in rows:
+    print(f"{r['device']:14s} {r['per_device_batch']:16d} {r['microbatch']:10d} {r['remat']:>15s} "
+          f"{str(r['fsdp']):>5s} {r['GiB']:6.1f}")
+  return {"fits": [dataclasses.asdict(f) for f in fits], "rows": rows}
+
+
 # Our result name -> the reference harness's JSON key (medians of the same measurement).
 REFERENCE_KEYS = {"train": "train_step", "ddpm_unguided": "p_sample_step_unguided",
                   "ddpm_classifier": "p_sample_step_guided", "ddim_unguided": "ddim_step_unguided",
@@ -399,7 +451,11 @@ def main(argv):
   results: Dict[str, Any] = {"preset": _PRESET.value, "backend": jax.default_backend(),
                              "devices": [str(d) for d in jax.devices()[:1]],
                              "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
-  if _PRESET.value == "memory":
+  if _PLAN.value:
+    if not _CONFIG.value:
+      raise app.UsageError("--plan needs --config (a config name or file)")
+    results["plan"] = run_plan(_CONFIG.value, _PLAN_POLICIES.value, _PLAN_KINDS.value, _DTYPE.value)
+  elif _PRESET.value == "memory":
     configs_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
     results["memory"] = bench_memory(configs_dir, tuple(_MEMORY_CONFIGS.value) or RELEASED)
     print_memory_table(results["memory"])

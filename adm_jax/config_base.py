@@ -19,7 +19,12 @@ from typing import Iterable, List
 
 import ml_collections
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# A source checkout (also `pip install -e .`) has configs/ beside the package; an installed
+# wheel has them as the package adm_jax.configs (pyproject.toml maps configs/ there).
+CONFIGS_DIR = next((d for d in (os.path.join(os.path.dirname(_HERE), "configs"),
+                                os.path.join(_HERE, "configs")) if os.path.isdir(d)),
+                   os.path.join(os.path.dirname(_HERE), "configs"))
 
 
 def model_defaults() -> ml_collections.ConfigDict:
@@ -38,6 +43,7 @@ def model_defaults() -> ml_collections.ConfigDict:
       class_cond=False,              # class-conditional (label embedding added to the time embedding)
       num_classes=1000,              # number of classes of a class-conditional model
       use_checkpoint=False,          # gradient checkpointing (remat) of ResBlocks / attention
+      remat_policy="",               # what remat keeps: "" (convs_saveable when use_checkpoint) | none | nothing_saveable | dots_with_no_batch_dims_saveable | convs_saveable | dots_saveable
       use_scale_shift_norm=True,     # AdaGN: GroupNorm(h) * (1 + scale) + shift
       resblock_updown=False,         # BigGAN-style up/down-sampling inside ResBlocks
       use_new_attention_order=False,  # split q, k, v before heads (the reference's new order)
@@ -73,6 +79,7 @@ def classifier_defaults() -> ml_collections.ConfigDict:
       num_classes=1000,              # classes the classifier predicts (>= the model's)
       dtype="float32",               # compute dtype: float32 | bfloat16
       use_checkpoint=False,          # remat of the classifier's blocks
+      remat_policy="",               # as model.remat_policy
       # training (the reference's scripts/classifier_train.py defaults)
       noised=True,                   # train on x_t (t from schedule_sampler); False: on x_0
       iterations=150000,             # training steps
@@ -126,6 +133,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       num_steps=500000,              # training steps
       p_uncond=0.0,                  # label dropout to the null class (classifier-free guidance)
       fsdp=1,                        # devices each parameter is sharded over (1: replicated)
+      fsdp_min_size=16384,           # with fsdp: tensors of fewer elements stay replicated
       log_every=100,                 # steps between metric rows
       checkpoint_every=10000,        # steps between checkpoints
       keep_checkpoints=3,            # newest checkpoints kept
@@ -139,6 +147,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       grid_cfg_scale=0.0,            # classifier-free guidance scale of the grids
       progress=True,                 # progress bar
       tensorboard=True,              # also write TensorBoard summaries when TensorFlow is installed
+      allow_config_change=False,     # resume a checkpoint although the run's settings changed (listed)
   ))
 
 
@@ -223,8 +232,8 @@ def resolve_config_path(spec: str) -> str:
     if os.path.exists(candidate):
       path = candidate
   if not os.path.exists(path):
-    names = sorted(n[:-3] for n in os.listdir(CONFIGS_DIR) if n.endswith(".py")) \
-        if os.path.isdir(CONFIGS_DIR) else []
+    names = sorted(n[:-3] for n in os.listdir(CONFIGS_DIR)
+                   if n.endswith(".py") and not n.startswith("_")) if os.path.isdir(CONFIGS_DIR) else []
     raise FileNotFoundError(f"config {spec!r} not found: give a file path or one of the names "
                             f"{', '.join(names)}")
   return os.path.abspath(path) + (sep + arg if sep else "")

@@ -78,6 +78,10 @@ class Experiment:
     return {"image": jax.ShapeDtypeStruct((n,) + self.image_shape, jnp.float32, sharding=sharding),
             "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=sharding)}
 
+  def source(self, split: str = "train"):
+    """The data source of a split (created once; its name and size enter the run's identity)."""
+    return data_source(self.config.data, split)
+
   def batches(self, start_step: int, split: str = "train", seed: Optional[int] = None):
     """This host's slices of the global batches from `start_step` (a BatchIterator)."""
     cfg = self.config
@@ -92,13 +96,34 @@ class Experiment:
         data_cfg, global_batch_size=self.batch_size, image_size=cfg.model.image_size,
         seed=cfg.train.seed if seed is None else seed, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count(), split=split,
-        num_classes=num_classes)
+        num_classes=num_classes, source=self.source(split))
 
   def directory(self, workdir: str) -> str:
     """Where this model's checkpoints/ and metrics.jsonl live."""
     if self.kind == CLASSIFIER:
       return os.path.join(workdir, self.config.classifier.checkpoint_dir)
     return workdir
+
+
+_SOURCES: Dict[Tuple[str, str], Any] = {}
+
+
+def data_source(data_config, split: str = "train"):
+  """data.create_source, once per (data config, split) in a process (a folder of a million
+  images is walked once, by the checks before training and by the loader)."""
+  key = (data_config.to_json(), split)
+  if key not in _SOURCES:
+    _SOURCES[key] = data_lib.create_source(data_config, split)
+  return _SOURCES[key]
+
+
+def class_names(config) -> Optional[list]:
+  """Names of the data's classes when the source knows them (Fashion-MNIST, folders, TFDS)."""
+  try:
+    names = getattr(data_source(config.data, "train"), "class_names", None)
+  except Exception:  # pylint: disable=broad-except  (no data here: grids go without captions)
+    return None
+  return list(names) if names else None
 
 
 # ----------------------------------------------------------------------------- networks
@@ -177,7 +202,7 @@ def build(config: ml_collections.ConfigDict, mesh=None, *, donate: bool = True) 
   ema_rates = state_lib.parse_ema_rates(t.ema_rate)
   tx = state_lib.create_optimizer(t.lr, t.weight_decay, t.lr_anneal_steps, t.grad_clip)
   abstract, shardings = state_lib.abstract_train_state(init_params, tx, sampler, ema_rates, t.seed,
-                                                       mesh)
+                                                       mesh, t.fsdp_min_size)
   microbatches = update.microbatch_count(t.batch_size, t.microbatch, mesh.size)
   train_step = step_lib.make_train_step(
       apply_fn, gd, sampler, tx, ema_rates, microbatches=microbatches, p_uncond=t.p_uncond,
@@ -199,7 +224,8 @@ def build_classifier(config: ml_collections.ConfigDict, mesh=None, *,
   sampler = diff.create_named_schedule_sampler(c.schedule_sampler, gd.num_timesteps)
   tx = state_lib.create_optimizer(c.lr, c.weight_decay, c.lr_anneal_steps)
   seed = config.train.seed + 7
-  abstract, shardings = state_lib.abstract_train_state(init_params, tx, sampler, (), seed, mesh)
+  abstract, shardings = state_lib.abstract_train_state(init_params, tx, sampler, (), seed, mesh,
+                                                       config.train.fsdp_min_size)
   microbatches = update.microbatch_count(c.batch_size, c.microbatch, mesh.size)
   steps = {train: classifier_step.make_classifier_step(
       apply_fn, gd, sampler, tx, noised=c.noised, train=train, microbatches=microbatches,
@@ -231,6 +257,7 @@ def grid_hook(exp: Experiment, workdir: str) -> Optional[loop_lib.Hook]:
       class_cond=cfg.model.class_cond, cfg_scale=scale, null_label=cfg.model.num_classes,
       out_shardings=shd.replicated(exp.mesh))
   kwargs_fn = model_kwargs_fn(cfg)
+  names = class_names(cfg) if cfg.model.class_cond else None
 
   def write_grid(step, state, batch):
     n = t.grid_samples
@@ -246,8 +273,9 @@ def grid_hook(exp: Experiment, workdir: str) -> Optional[loop_lib.Hook]:
       return None
     path = os.path.join(workdir, "samples", f"grid_{step:08d}.png")
     ncols = min(cfg.model.num_classes, n) if cfg.model.class_cond else None
+    captions = names[:ncols] if (names and ncols and kwargs_fn is None) else None
     sampling.save_grid(path, sampling.to_uint8(jax.device_get(images)), ncols=ncols,
-                       scale=max(1, 128 // cfg.model.image_size))
+                       scale=max(1, 128 // cfg.model.image_size), column_names=captions)
     log.info("sample grid: %s", path)
     return None
 
@@ -274,36 +302,65 @@ def validation_hook(exp: Experiment) -> loop_lib.Hook:
   return loop_lib.Hook("validation", c.eval_every, validate)
 
 
+# What changes a run's results: resuming under other values is refused (train.allow_config_change
+# resumes anyway, listing them). Steps, intervals, logging, remat and data loading may change.
+_IDENTITY = {
+    DIFFUSION: ("model.*", "diffusion.*", "data.*", "train.seed", "train.batch_size", "train.lr",
+                "train.weight_decay", "train.lr_anneal_steps", "train.grad_clip", "train.ema_rate",
+                "train.p_uncond"),
+    CLASSIFIER: ("classifier.*", "diffusion.*", "data.*", "train.seed"),
+}
+_NOT_IDENTITY = {"model.use_checkpoint", "classifier.use_checkpoint", "classifier.iterations",
+                 "classifier.eval_every", "classifier.eval_batches", "classifier.log_every",
+                 "classifier.checkpoint_every", "classifier.checkpoint_dir", "data.num_workers",
+                 "data.prefetch", "data.on_corrupt", "data.eval_dir", "data.eval_split",
+                 "diffusion.timestep_respacing", "classifier.microbatch"}
+
+
+def run_identity(exp: Experiment) -> Dict[str, Any]:
+  """{dotted key: value} of what makes a checkpoint this run's, plus the data source's name
+  and size (installing the full Fashion-MNIST set changes the data, not the config)."""
+  config = json.loads(exp.config.to_json())
+  out = {}
+  for pattern in _IDENTITY[exp.kind]:
+    section, _, key = pattern.partition(".")
+    keys = sorted(config[section]) if key == "*" else [key]
+    for k in keys:
+      if f"{section}.{k}" not in _NOT_IDENTITY:
+        out[f"{section}.{k}"] = config[section][k]
+  source = exp.source("train")
+  out["data.source"] = f"{getattr(source, 'name', exp.config.data.name)} ({len(source)} images)"
+  return out
+
+
 def loop_spec(exp: Experiment, workdir: str) -> loop_lib.LoopSpec:
   """The training loop's view of an experiment: state, step, data, checkpoints, hooks."""
   cfg = exp.config
   config_json = json.loads(cfg.to_json())
   t = cfg.train
+  common = dict(
+      init_state=exp.init_state, abstract_state=exp.abstract_state, train_step=exp.train_step,
+      batches=exp.batches, mesh=exp.mesh, keep_checkpoints=t.keep_checkpoints,
+      async_checkpoint=t.async_checkpoint, progress=t.progress, tensorboard=t.tensorboard,
+      identity=run_identity(exp), allow_identity_change=t.allow_config_change)
   if exp.kind == CLASSIFIER:
     c = cfg.classifier
     return loop_lib.LoopSpec(
-        name="classifier", directory=exp.directory(workdir), init_state=exp.init_state,
-        abstract_state=exp.abstract_state, train_step=exp.train_step, batches=exp.batches,
-        mesh=exp.mesh, num_steps=c.iterations, batch_size=c.batch_size, log_every=c.log_every,
-        checkpoint_every=c.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
-        async_checkpoint=t.async_checkpoint, progress=t.progress, tensorboard=t.tensorboard,
-        meta={"config": config_json, "kind": CLASSIFIER},
-        identity={k: config_json[k] for k in ("classifier", "diffusion")},
-        hooks=[validation_hook(exp)],
+        name="train_classifier", label="classifier", directory=exp.directory(workdir),
+        num_steps=c.iterations, batch_size=c.batch_size, log_every=c.log_every,
+        checkpoint_every=c.checkpoint_every, meta={"config": config_json, "kind": CLASSIFIER},
+        hooks=[validation_hook(exp)], plot_keys=("loss", "acc1", "val_acc1"),
         postfix=lambda summary: {"loss": f"{summary.get('loss', float('nan')):.3f}",
-                           "acc1": f"{summary.get('acc1', float('nan')):.3f}"})
-  hooks = [h for h in (grid_hook(exp, workdir),) if h is not None]
+                                 "acc1": f"{summary.get('acc1', float('nan')):.3f}"}, **common)
   return loop_lib.LoopSpec(
-      name="train", directory=workdir, init_state=exp.init_state,
-      abstract_state=exp.abstract_state, train_step=exp.train_step, batches=exp.batches,
-      mesh=exp.mesh, num_steps=t.num_steps, batch_size=t.batch_size, log_every=t.log_every,
-      checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints,
-      async_checkpoint=t.async_checkpoint, progress=t.progress, tensorboard=t.tensorboard,
+      name="train", label="train", directory=workdir, num_steps=t.num_steps,
+      batch_size=t.batch_size, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
       meta={"config": config_json, "kind": DIFFUSION, "device_count": jax.device_count(),
             "process_count": jax.process_count()},
-      identity={k: config_json[k] for k in ("model", "diffusion")}, hooks=hooks,
+      hooks=[h for h in (grid_hook(exp, workdir),) if h is not None],
+      plot_keys=("loss", "mse", "vb"),
       postfix=lambda summary: {"loss": f"{summary.get('loss', float('nan')):.4f}",
-                         "img_s": f"{summary.get('images_per_sec', 0.0):.1f}"})
+                               "img_s": f"{summary.get('images_per_sec', 0.0):.1f}"}, **common)
 
 
 # ----------------------------------------------------------------------------- trained params

@@ -13,21 +13,25 @@ import traceback
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
+import jax
 from ml_collections import config_flags
 
 from adm_jax import config_base
 from adm_jax import evaluation
+from adm_jax import memory_plan
+from adm_jax import report as report_lib
 from adm_jax import sample
 from adm_jax import sharding
 from adm_jax import train
 from adm_jax import xla_env
 
-MODES = ("train", "train_classifier", "sample", "eval", "nll")
+MODES = ("train", "train_classifier", "sample", "eval", "nll", "plan")
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
                                           "Experiment config: a file or a name in configs/.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", MODES, "What to run (plan: check the config and the "
+                          "data, print model size and memory per device; nothing is built).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show library INFO logs (orbax, jax) too, and "
                              "full tracebacks of expected errors.")
 
@@ -84,12 +88,51 @@ def _raised_by_adm_jax(error: BaseException) -> bool:
   return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package)
 
 
+# The figures each mode's summary shows, when present.
+FIGURES = {
+    "train": ("loss", "mse", "vb", "steps_per_sec", "images_per_sec"),
+    "train_classifier": ("loss", "acc1", "val_acc1", "val_acc5"),
+    "sample": ("num_samples", "nfe_per_image"),
+    "eval": ("fid", "sfid", "inception_score", "precision", "recall", "classifier_accuracy"),
+    "nll": ("bits_per_dim", "num_images", "steps"),
+    "plan": ("parameters_M", "devices", "per_device_batch", "microbatches", "state_GiB_per_device",
+             "estimated_GiB_per_device"),
+}
+
+
+def next_command(report, argv) -> str:
+  """The command of the mode to run next, with this run's --config and overrides."""
+  keep = [a for a in argv[1:] if a.startswith(("--config", "--workdir")) and
+          not a.startswith("--config.sample.sample_npz")]
+  return " ".join(["python -m adm_jax.main"] + keep + [f"--mode={report.next_mode}"] +
+                  list(report.next_overrides))
+
+
+def print_report(report, argv) -> None:
+  """The run's summary on stdout (process 0): status, figures, files, the next command."""
+  if jax.process_index() != 0:
+    return
+  lines = report.lines(FIGURES.get(report.mode, ()))
+  if report.next_mode and report.status != report_lib.PREEMPTED:
+    lines.append(f"  next: {next_command(report, argv)}")
+  print("\n".join(lines), flush=True)
+
+
 def run_mode(mode: str, config, workdir: str):
-  """Runs one mode; returns what its library function returns."""
+  """Runs one mode; returns its RunReport."""
   sharding.maybe_initialize_distributed(config.distributed)
   runs = {"train": train.run, "train_classifier": train.run_classifier, "sample": sample.run,
           "nll": sample.run_nll, "eval": evaluation.run}
+  if mode == "plan":
+    return memory_plan.dry_run(config, workdir, _config_name(sys.argv))
   return runs[mode](config, workdir)
+
+
+def _config_name(argv) -> str:
+  """The config's name as given (imagenet128, imagenet:128), for the stored memory fits."""
+  _, spec = _config_arg(argv)
+  return os.path.splitext(os.path.basename(spec.split(":")[0]))[0] + (
+      ":" + spec.split(":")[1] if ":" in spec else "")
 
 
 def main(argv):
@@ -101,7 +144,8 @@ def main(argv):
   if not workdir:
     _fail("--workdir is required (checkpoints, metrics and samples go there)")
   try:
-    run_mode(_MODE.value, _CONFIG.value, workdir)
+    report = run_mode(_MODE.value, _CONFIG.value, workdir)
+    print_report(report, sys.argv)
   except (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError,
           ImportError, FloatingPointError, RuntimeError) as e:
     if _VERBOSE.value or not _raised_by_adm_jax(e):
@@ -109,5 +153,10 @@ def main(argv):
     _fail(str(e.args[0]) if e.args else repr(e), code=1)
 
 
-if __name__ == "__main__":
+def cli():
+  """The `adm-jax` console script: the same as python -m adm_jax.main."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

@@ -4,10 +4,13 @@ Objects come from adm_jax.experiment (trained or converted params, the process) 
 sampling library (adm_jax.sampling); this module does the batching over hosts, the npz parts
 of an interrupted run, the two-stage (base + upsampler) pipeline and the output files.
 """
+import hashlib
 import json
 import logging
 import os
-from typing import Dict
+import shutil
+import time
+from typing import Any, Dict
 
 import jax
 import numpy as np
@@ -16,9 +19,11 @@ import tqdm
 from adm_jax import data as data_lib
 from adm_jax import diffusion as diff
 from adm_jax import experiment
+from adm_jax import report as report_lib
 from adm_jax import sampling
 from adm_jax import sharding as shd
 from adm_jax import validation
+from adm_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -67,88 +72,145 @@ def _base_samples(config, num_samples: int):
   return low_res, labels[:num].astype(np.int32), num
 
 
-def run(config, workdir: str, mesh=None) -> str:
-  """--mode=sample: N samples into the reference's npz (arr_0 uint8 NHWC, arr_1 labels) + grid.
+def sampling_settings(config, step: int) -> Dict[str, Any]:
+  """Everything that decides the samples of a run; parts are kept per these settings."""
+  s = config.sample
+  keys = ("num_samples", "batch_size", "sampler", "steps", "timestep_respacing", "time_schedule",
+          "thresholding", "eta", "use_ema", "ema_index", "clip_denoised", "classifier_scale",
+          "cfg_scale", "classifier_path", "checkpoint_path", "labels", "seed", "base_samples")
+  settings = {k: s[k] for k in keys}
+  m = config.model
+  settings.update(checkpoint_step=step, image_shape=[m.image_size, m.image_size, m.in_channels])
+  return settings
 
-  Batches are written as they finish (part_XXXXX.npz); an interrupted run picks up at the
-  first missing part. Batch i uses key fold_in(key(seed), i), so results do not depend on
-  interruptions or on the number of devices.
-  """
-  scfg = config.sample
-  mesh = mesh or shd.create_mesh(1)
-  validation.validate(config, "sample", output_dir(config, workdir), devices=mesh.size)
-  spec = sampler_spec(config)
-  config, model, params, step = experiment.load_sampling_model(config, workdir, mesh)
-  classifier_fn, classifier_params = None, None
-  if scfg.classifier_scale:
-    classifier, classifier_params = experiment.load_classifier(config, workdir, mesh)
-    classifier_fn = lambda p, x, t: classifier.apply({"params": p}, x, t, train=False)
-  shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
-  apply_fn = lambda p, x, t, y, **kw: model.apply({"params": p}, x, t, y=y, train=False, **kw)
-  sample_fn = sampling.make_sample_fn(
-      apply_fn, experiment.diffusion_process(config), shape, spec,
-      class_cond=config.model.class_cond, cfg_scale=scfg.cfg_scale,
-      null_label=config.model.num_classes, classifier_fn=classifier_fn,
-      classifier_scale=scfg.classifier_scale, clip_denoised=scfg.clip_denoised,
-      out_shardings=shd.replicated(mesh))
-  num_samples = scfg.num_samples
-  low_res_all = None
-  if config.model.small_size:  # two-stage sampling: upsample base samples with their labels
-    low_res_all, labels, num_samples = _base_samples(config, num_samples)
-  else:
-    labels = parse_labels(scfg.labels, num_samples, config.model.num_classes, scfg.seed)
-  out_dir = output_dir(config, workdir)
-  os.makedirs(out_dir, exist_ok=True)
-  num_batches = -(-num_samples // scfg.batch_size)
-  base_key = jax.random.PRNGKey(scfg.seed)
-  local = scfg.batch_size // jax.process_count()
-  mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-  bar = tqdm.tqdm(range(num_batches), desc="sample", unit="batch",
-                  disable=jax.process_index() != 0)
-  for i in bar:
-    part = os.path.join(out_dir, f"part_{i:05d}.npz")
-    if os.path.exists(part):
-      continue  # finished by an earlier, interrupted run
-    rows = np.arange(i * scfg.batch_size, (i + 1) * scfg.batch_size)
-    batch_labels = np.resize(labels[i * scfg.batch_size:(i + 1) * scfg.batch_size], scfg.batch_size)
-    y = shd.global_batch(batch_labels[mine], mesh)
-    extra = None
-    if low_res_all is not None:
-      extra = {"low_res": shd.global_batch(low_res_all[np.minimum(rows, num_samples - 1)][mine],
-                                           mesh)}
-    images = sample_fn(params, jax.random.fold_in(base_key, i), y, classifier_params, extra)
-    if jax.process_index() == 0:
-      tmp = part + ".tmp.npz"
-      np.savez(tmp, arr_0=sampling.to_uint8(jax.device_get(images)), arr_1=batch_labels)
-      os.replace(tmp, part)
-  if jax.process_index() != 0:
-    return ""
-  parts = [np.load(os.path.join(out_dir, f"part_{i:05d}.npz")) for i in range(num_batches)]
-  arr_0 = np.concatenate([p["arr_0"] for p in parts])[:num_samples]
-  arr_1 = np.concatenate([p["arr_1"] for p in parts])[:num_samples]
-  name = "samples_" + "x".join(str(v) for v in arr_0.shape) + ".npz"
-  path = os.path.join(out_dir, name)
-  np.savez(path, arr_0=arr_0, arr_1=arr_1)
-  sampling.save_grid(os.path.join(out_dir, "grid.png"), arr_0[:64], scale=max(1, 128 // shape[0]))
-  with open(os.path.join(out_dir, "sample_info.json"), "w") as f:
-    json.dump({"checkpoint_step": step, "num_samples": int(arr_0.shape[0]),
-               "sampler": scfg.sampler, "steps": scfg.steps,
-               "timestep_respacing": scfg.timestep_respacing,
-               "time_schedule": scfg.time_schedule, "thresholding": scfg.thresholding,
-               "classifier_scale": scfg.classifier_scale, "cfg_scale": scfg.cfg_scale,
-               "seed": scfg.seed, "npz": path}, f, indent=2)
-  for i in range(num_batches):
-    os.remove(os.path.join(out_dir, f"part_{i:05d}.npz"))
+
+def settings_tag(settings: Dict[str, Any]) -> str:
+  return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def parts_directory(out_dir: str, settings: Dict[str, Any]) -> str:
+  """Where the finished batches (part_XXXXX.npz) of one set of settings wait."""
+  return os.path.join(out_dir, f"parts_{settings_tag(settings)}")
+
+
+def _final_path(out_dir: str, shape, settings: Dict[str, Any]) -> str:
+  """samples_NxHxWxC.npz, unless a file of that name holds samples of other settings (then
+  the settings' tag is added: an earlier run's samples are never overwritten)."""
+  name = "samples_" + "x".join(str(v) for v in shape)
+  path = os.path.join(out_dir, name + ".npz")
+  info = path[:-len(".npz")] + ".json"
+  if os.path.exists(path):
+    try:
+      with open(info) as f:
+        same = json.load(f).get("settings") == settings
+    except (OSError, ValueError):
+      same = False
+    if not same:
+      path = os.path.join(out_dir, f"{name}_{settings_tag(settings)}.npz")
   return path
 
 
-def run_nll(config, workdir: str, mesh=None) -> Dict:
+def run(config, workdir: str, mesh=None) -> report_lib.RunReport:
+  """--mode=sample: N samples into the reference's npz (arr_0 uint8 NHWC, arr_1 labels) + grid.
+
+  Batches are written as they finish (part_XXXXX.npz in a folder keyed by the settings); an
+  interrupted run with the same settings picks up at the first missing part, a run with other
+  settings (seed, sampler, checkpoint step, ...) starts its own. Batch i uses key
+  fold_in(key(seed), i), so results do not depend on interruptions or the number of devices.
+  """
+  started = time.perf_counter()
+  scfg = config.sample
+  mesh = mesh or shd.create_mesh(1)
+  out_dir = output_dir(config, workdir)
+  validation.validate(config, "sample", out_dir, devices=mesh.size)
+  spec = sampler_spec(config)
+  with workdir_lib.WorkdirLock(out_dir, "sample", jax.process_index()):
+    config, model, params, step = experiment.load_sampling_model(config, workdir, mesh)
+    classifier_fn, classifier_params = None, None
+    if scfg.classifier_scale:
+      classifier, classifier_params = experiment.load_classifier(config, workdir, mesh)
+      classifier_fn = lambda p, x, t: classifier.apply({"params": p}, x, t, train=False)
+    shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
+    apply_fn = lambda p, x, t, y, **kw: model.apply({"params": p}, x, t, y=y, train=False, **kw)
+    sample_fn = sampling.make_sample_fn(
+        apply_fn, experiment.diffusion_process(config), shape, spec,
+        class_cond=config.model.class_cond, cfg_scale=scfg.cfg_scale,
+        null_label=config.model.num_classes, classifier_fn=classifier_fn,
+        classifier_scale=scfg.classifier_scale, clip_denoised=scfg.clip_denoised,
+        out_shardings=shd.replicated(mesh))
+    num_samples = scfg.num_samples
+    low_res_all = None
+    if config.model.small_size:  # two-stage sampling: upsample base samples with their labels
+      low_res_all, labels, num_samples = _base_samples(config, num_samples)
+    else:
+      labels = parse_labels(scfg.labels, num_samples, config.model.num_classes, scfg.seed)
+    settings = sampling_settings(config, step)
+    parts = parts_directory(out_dir, settings)
+    if jax.process_index() == 0:
+      os.makedirs(parts, exist_ok=True)
+      with open(os.path.join(parts, "settings.json"), "w") as f:
+        json.dump(settings, f, indent=2)
+    num_batches = -(-num_samples // scfg.batch_size)
+    base_key = jax.random.PRNGKey(scfg.seed)
+    local = scfg.batch_size // jax.process_count()
+    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    log.info("sampling %d images with %s (checkpoint step %s) into %s", num_samples,
+             spec.describe(), step, out_dir)
+    bar = tqdm.tqdm(range(num_batches), desc="sample", unit="batch",
+                    disable=jax.process_index() != 0)
+    for i in bar:
+      part = os.path.join(parts, f"part_{i:05d}.npz")
+      if os.path.exists(part):
+        continue  # finished by an earlier, interrupted run with the same settings
+      rows = np.arange(i * scfg.batch_size, (i + 1) * scfg.batch_size)
+      batch_labels = np.resize(labels[i * scfg.batch_size:(i + 1) * scfg.batch_size],
+                               scfg.batch_size)
+      y = shd.global_batch(batch_labels[mine], mesh)
+      extra = None
+      if low_res_all is not None:
+        extra = {"low_res": shd.global_batch(
+            low_res_all[np.minimum(rows, num_samples - 1)][mine], mesh)}
+      images = sample_fn(params, jax.random.fold_in(base_key, i), y, classifier_params, extra)
+      if jax.process_index() == 0:
+        tmp = part + ".tmp.npz"
+        np.savez(tmp, arr_0=sampling.to_uint8(jax.device_get(images)), arr_1=batch_labels)
+        os.replace(tmp, part)
+    bar.close()
+    report = report_lib.RunReport("sample", directory=out_dir, step=step if step >= 0 else None)
+    if jax.process_index() != 0:
+      return report
+    loaded = [np.load(os.path.join(parts, f"part_{i:05d}.npz")) for i in range(num_batches)]
+    arr_0 = np.concatenate([p["arr_0"] for p in loaded])[:num_samples]
+    arr_1 = np.concatenate([p["arr_1"] for p in loaded])[:num_samples]
+    path = _final_path(out_dir, arr_0.shape, settings)
+    np.savez(path, arr_0=arr_0, arr_1=arr_1)
+    info = {"settings": settings, "checkpoint_step": step, "num_samples": int(arr_0.shape[0]),
+            "sampler": spec.describe(), "nfe_per_image": spec.nfe(experiment.diffusion_process(config)),
+            "npz": path}
+    for info_path in (path[:-len(".npz")] + ".json", os.path.join(out_dir, "sample_info.json")):
+      with open(info_path, "w") as f:
+        json.dump(info, f, indent=2)
+    grid = sampling.save_grid(os.path.join(out_dir, "grid.png"), arr_0[:64],
+                              scale=max(1, 128 // shape[0]))
+    shutil.rmtree(parts)  # every part is in the npz now
+  report.outputs.update(samples=path, grid=grid)
+  report.metrics = {"num_samples": int(arr_0.shape[0]), "nfe_per_image": info["nfe_per_image"]}
+  report.wall_s = time.perf_counter() - started
+  report.notes.append(f"{spec.describe()}; {report.metrics['num_samples']} images in "
+                      f"{report.wall_s / max(num_samples, 1) * 1e3:.1f} ms per image")
+  report.next_mode = "eval"
+  report.next_overrides = [f"--config.sample.sample_npz={path}"]
+  return report
+
+
+def run_nll(config, workdir: str, mesh=None) -> report_lib.RunReport:
   """--mode=nll: bits/dim (full variational bound, calc_bpd_loop) over a dataset split.
 
   Uses sample.nll_batches batches of sample.batch_size images of split sample.nll_split,
   the process of config.diffusion (its timestep_respacing, "" for the exact bound).
-  Writes <output_dir>/nll.json and returns the averages.
+  Writes <output_dir>/nll.json; the report's metrics are its contents.
   """
+  started = time.perf_counter()
   scfg = config.sample
   mesh = mesh or shd.create_mesh(1)
   validation.validate(config, "nll", workdir, devices=mesh.size)
@@ -183,11 +245,14 @@ def run_nll(config, workdir: str, mesh=None) -> Dict:
             "steps": int(gd.num_timesteps)}
   vb = np.concatenate(totals["vb"]).mean(axis=0)  # per step, column j = step T-1-j
   result["vb_per_step_bpd"] = [float(v) for v in vb[::-1]]  # now index = step
+  out_dir = output_dir(config, workdir)
+  path = os.path.join(out_dir, "nll.json")
   if jax.process_index() == 0:
-    out_dir = output_dir(config, workdir)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "nll.json"), "w") as f:
+    with open(path, "w") as f:
       json.dump(result, f, indent=2)
   log.info("NLL: %.4f bits/dim over %d images (%d steps, split %s)", result["bits_per_dim"],
            result["num_images"], result["steps"], result["split"])
-  return result
+  return report_lib.RunReport("nll", directory=out_dir, step=step if step >= 0 else None,
+                              metrics=result, outputs={"nll": path},
+                              wall_s=time.perf_counter() - started)

@@ -46,11 +46,10 @@ def _batch_divides(key: str, batch: int, devices: int) -> None:
            f"{key}={batch} must be a positive multiple of the number of devices ({devices})")
 
 
-def validate(config, mode: str, workdir: Optional[str] = None, source=None,
+def validate(config, mode: str, workdir: Optional[str] = None,
              devices: Optional[int] = None) -> None:
   """Raises ConfigError for the first setting of `config` that cannot work in `mode`.
 
-  source: the training data source if already created (its class count is checked);
   devices: the run's device count (default: all of JAX's devices).
   """
   m, c, s, d = config.model, config.classifier, config.sample, config.data
@@ -79,8 +78,6 @@ def validate(config, mode: str, workdir: Optional[str] = None, source=None,
       raise ConfigError(f"classifier: {e}") from None
   if mode == "train_classifier":
     _validate_classifier_training(config, devices)
-  if mode in TRAINING_MODES and source is not None:
-    _validate_source_classes(config, mode, source)
   if mode in ("sample", "nll", "eval"):
     _validate_sampling(config, mode, devices)
   if workdir and mode in TRAINING_MODES + ("sample",):
@@ -144,8 +141,8 @@ def _validate_classifier_training(config, devices: int) -> None:
     raise ConfigError(str(e).replace("train.", "classifier.")) from None
 
 
-def _validate_source_classes(config, mode: str, source) -> None:
-  """The data's labels fit the network that learns them."""
+def validate_source(config, mode: str, source) -> None:
+  """The training data's labels fit the network that learns them (ConfigError otherwise)."""
   classes = int(getattr(source, "num_classes", 0) or 0)
   name = getattr(source, "name", config.data.name)
   if mode == "train_classifier":

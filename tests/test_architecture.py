@@ -16,8 +16,9 @@ LAYERS = [
     ("library", ("adm_jax.guidance", "adm_jax.sharding", "adm_jax.convert", "adm_jax.sampling",
                  "adm_jax.evaluation", "adm_jax.workdir", "adm_jax.plots")),
     ("training", ("adm_jax.training",)),
-    ("experiment", ("adm_jax.experiment", "adm_jax.validation")),
-    ("entry points", ("adm_jax.main", "adm_jax.train", "adm_jax.sample", "adm_jax.bench")),
+    ("experiment", ("adm_jax.experiment", "adm_jax.validation", "adm_jax.memory_plan")),
+    ("entry points", ("adm_jax.main", "adm_jax.train", "adm_jax.sample", "adm_jax.bench",
+                      "adm_jax.device_check")),
 ]
 # Leaves know nothing of each other (diffusion and models meet only through model_fn).
 LEAVES = ("adm_jax.diffusion", "adm_jax.models", "adm_jax.data", "adm_jax.config_base",

@@ -13,7 +13,13 @@ from adm_jax import diffusion
 from adm_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not os.path.basename(p).startswith("_"))
+# Tracing the init of a 256 / 512 px network takes seconds: those run in the full suite only.
+SMALL = ("fashion_mnist.py", "cifar10.py", "imagenet64.py", "classifier64.py", "imagenet.py")
+CONFIG_PARAMS = [pytest.param(p, id=os.path.basename(p),
+                              marks=() if os.path.basename(p) in SMALL else pytest.mark.slow)
+                 for p in CONFIGS]
 
 
 def abstract_params(module, config, classifier=False):
@@ -32,7 +38,7 @@ def count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIG_PARAMS)
 def test_config_builds_abstractly(path):
   config = config_base.from_config_file(path)
   with open(path) as f:
@@ -48,6 +54,7 @@ def test_config_builds_abstractly(path):
     assert count(abstract_params(clf, config, classifier=True)) > 0
 
 
+@pytest.mark.slow  # traces the init of every paper-size network
 @pytest.mark.parametrize("name, released", [
     ("imagenet64", "64x64_diffusion"), ("imagenet128", "128x128_diffusion"),
     ("imagenet256", "256x256_diffusion"), ("imagenet256_uncond", "256x256_diffusion_uncond"),

@@ -6,6 +6,7 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -61,3 +62,18 @@ def test_conv_kernels_script_times_the_right_gradients():
   times = script.jax_times(1, 4, 2, 3, repeats=1)
   assert sorted(times) == ["forward", "input_grad", "kernel_grad"]
   assert all(np.isfinite(v) and v > 0 for v in times.values())
+
+
+@pytest.mark.slow  # builds and steps two small models on the CPU
+def test_device_check_runs_on_the_cpu(tmp_path, capsys):
+  # Without an accelerator the one-shot device check compares the CPU with itself.
+  from adm_jax import device_check  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "device_check.json"
+  code = device_check.main(["--big=fashion_mnist", "--batches=4", "--steps=1", "--sample_batch=2",
+                            f"--out={out}"])
+  printed = capsys.readouterr().out
+  assert code == 0 and "parity within tolerance" in printed and "yes" in printed
+  import json  # pylint: disable=g-import-not-at-top
+  result = json.loads(out.read_text())
+  assert result["parity"]["loss"] == 0.0 and result["train"]["batch"] == 4
+  assert result["train"]["images_per_s"] > 0 and result["guided"]["steps_per_s"] > 0

@@ -1,7 +1,8 @@
 """Cross-platform lowering of tiny networks: the kernels chosen per platform, bf16 precision, remat.
 
-The StableHLO of a UNet train step (adm_jax.training.step), a classifier training gradient and a
-classifier-guided sampling loop is lowered for 'cuda', 'tpu' and 'cpu' on this CPU machine
+The StableHLO of the production steps — the diffusion train step and the classifier train step
+of adm_jax.experiment, and a classifier-guided sampling loop of adm_jax.sampling — is lowered
+for 'cuda', 'tpu' and 'cpu' on this CPU machine
 (`lowering_platforms`; nothing runs on a GPU / TPU). GPU / TPU get plain XLA (no optimisation
 barriers, no [Cin, H, W, B] activation copies, no CPU-only custom calls); CPU keeps its custom
 kernels. With bfloat16 compute, convolutions and matmuls take bfloat16 operands and every sum
@@ -18,13 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adm_jax import diffusion as diff
-from adm_jax import guidance
+from adm_jax import config_base
+from adm_jax import experiment
 from adm_jax import models
+from adm_jax import sampling
 from adm_jax import sharding as shd
 from adm_jax.models import layers
-from adm_jax.training import state as state_lib
-from adm_jax.training import step as step_lib
 
 # 0.83M parameters; attention at 8x8 (T = 64, 2 heads of 32 channels), BigGAN up/down, AdaGN.
 UNET = dict(image_size=16, in_channels=3, num_channels=32, num_res_blocks=1, channel_mult="1,2",
@@ -135,29 +135,23 @@ def _abstract_params(module, **kw):
   return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x, t, **kw)["params"])
 
 
+def tiny_config(dtype, remat_policy=""):
+  """A config of the tiny UNet and classifier above (cosine schedule, learned sigma)."""
+  c = config_base.base_config()
+  c.model.update({k: v for k, v in UNET.items()}, dtype=dtype, remat_policy=remat_policy)
+  c.diffusion.update(noise_schedule="cosine")
+  c.classifier.update({k: v for k, v in CLASSIFIER.items() if k not in ("image_size", "in_channels")},
+                      dtype=dtype, batch_size=BATCH)
+  c.train.update(batch_size=BATCH, ema_rate="0.999")
+  return c
+
+
 @functools.lru_cache(maxsize=None)
 def train_step_program(dtype, remat_policy=""):
-  """(jitted train step, abstract state, abstract batch) of the tiny UNet (Improved-DDPM loss)."""
-  model = _unet(dtype, remat_policy=remat_policy)
-  gd = diff.create_gaussian_diffusion(steps=1000, learn_sigma=True, noise_schedule="cosine")
-  sampler = diff.create_named_schedule_sampler("uniform", gd.num_timesteps)
-  tx = state_lib.create_optimizer(1e-4)
-  size = UNET["image_size"]
-
-  def init(key):
-    return model.init(key, jnp.zeros((1, size, size, 3)), jnp.zeros((1,), jnp.int32),
-                      y=jnp.zeros((1,), jnp.int32))["params"]
-
-  def apply_fn(params, x, t, y=None, rng=None, train=False):
-    return model.apply({"params": params}, x, t, y=y, train=train, rngs={"dropout": rng})
-
-  mesh = shd.create_mesh(1, jax.devices()[:1])
-  state = state_lib.init_train_state(init, tx, sampler, (0.999,), 0, mesh, abstract_only=True)[0]
-  step = step_lib.make_train_step(apply_fn, gd, sampler, tx, (0.999,), class_cond=True,
-                                  donate=False)
-  batch = {"image": jax.ShapeDtypeStruct((BATCH, size, size, 3), jnp.float32),
-           "label": jax.ShapeDtypeStruct((BATCH,), jnp.int32)}
-  return step, state, batch
+  """(the production train step of experiment.build, abstract state, abstract batch)."""
+  exp = experiment.build(tiny_config(dtype, remat_policy), shd.create_mesh(1, jax.devices()[:1]),
+                         donate=False)
+  return exp.train_step, exp.abstract_state, exp.abstract_batch()
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,40 +162,31 @@ def lowered_train_step(dtype, platform):
 
 @functools.lru_cache(maxsize=None)
 def lowered_classifier_gradient(dtype, platform):
-  """d/dparams of the classifier's cross-entropy on noisy images."""
-  classifier = _classifier(dtype)
-  params = _abstract_params(classifier)
-  size = CLASSIFIER["image_size"]
-
-  def grad(p, x, t, y):
-    def loss(p):
-      logits = classifier.apply({"params": p}, x, t, train=True)
-      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=-1))
-    return jax.grad(loss)(p)
-
-  args = (params, jax.ShapeDtypeStruct((BATCH, size, size, 3), jnp.float32),
-          jax.ShapeDtypeStruct((BATCH,), jnp.int32), jax.ShapeDtypeStruct((BATCH,), jnp.int32))
-  return lower(grad, args, platform)
+  """The classifier's train step (cross-entropy on noisy images, AdamW) of
+  experiment.build_classifier."""
+  exp = experiment.build_classifier(tiny_config(dtype), shd.create_mesh(1, jax.devices()[:1]),
+                                    donate=False)
+  return str(exp.train_step.trace(exp.abstract_state, exp.abstract_batch())
+             .lower(lowering_platforms=(platform,)).as_text())
 
 
 @functools.lru_cache(maxsize=None)
 def lowered_guided_sampling(dtype, platform):
-  """Two ancestral steps in one lax.scan, each with grad_x log p(y | x_t) of the classifier."""
-  model, classifier = _unet(dtype), _classifier(dtype)
+  """The sample mode's function: two ancestral steps in one lax.scan, each with
+  grad_x log p(y | x_t) of the classifier."""
+  config = tiny_config(dtype)
+  model, _ = experiment.diffusion_network(config)
+  classifier, _ = experiment.classifier_network(config)
   params = _abstract_params(model, y=jnp.zeros((1,), jnp.int32))
   clf_params = _abstract_params(classifier)
-  gd = diff.create_gaussian_diffusion(steps=1000, learn_sigma=True, noise_schedule="cosine",
-                                      timestep_respacing="2")
   size = UNET["image_size"]
-
-  def loop(p, cp, key, y):
-    model_fn = lambda x, t, y=None: model.apply({"params": p}, x, t, y=y)
-    cond_fn = guidance.classifier_cond_fn(lambda x, t: classifier.apply({"params": cp}, x, t), 1.0)
-    return diff.p_sample_loop(gd, model_fn, (BATCH, size, size, 3), key, cond_fn=cond_fn,
-                              model_kwargs={"y": y})
-
-  args = (params, clf_params, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((BATCH,), jnp.int32))
-  return lower(loop, args, platform)
+  sample_fn = sampling.make_sample_fn(
+      lambda p, x, t, y, **kw: model.apply({"params": p}, x, t, y=y, **kw),
+      experiment.diffusion_process(config), (size, size, 3), sampling.SamplerSpec("ddpm", 2),
+      class_cond=True, classifier_fn=lambda cp, x, t: classifier.apply({"params": cp}, x, t),
+      classifier_scale=1.0)
+  args = (params, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((BATCH,), jnp.int32), clf_params)
+  return str(sample_fn.trace(*args).lower(lowering_platforms=(platform,)).as_text())
 
 
 PROGRAMS = {"train_step": lowered_train_step, "classifier_gradient": lowered_classifier_gradient,

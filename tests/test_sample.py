@@ -28,7 +28,7 @@ def workdir(tmp_path_factory):
   config = tiny_classifier(tiny_config(num_steps=2, p_uncond=0.2))
   mesh = shd.create_mesh(1, jax.devices()[:1])
   train.run(config, path, mesh)
-  summary = train.run_classifier(config, path, mesh)
+  summary = train.run_classifier(config, path, mesh).metrics
   assert "val_acc1" in summary and "val_acc5" in summary and "acc1" in summary
   return path
 
@@ -48,29 +48,55 @@ def sample_config(**kw):
   return config
 
 
+def samples_of(config, workdir):
+  """Runs the sample mode; returns the samples npz it reports."""
+  return sample.run(config, workdir, MESH).outputs["samples"]
+
+
 def test_samples_npz_grid_seed_and_resume(workdir):
-  path = sample.run(sample_config(), workdir, MESH)
+  report = sample.run(sample_config(), workdir, MESH)
+  path = report.outputs["samples"]
   with np.load(path) as d:
     first, labels = d["arr_0"], d["arr_1"]
   assert first.shape == (6, 8, 8, 1) and first.dtype == np.uint8 and labels.shape == (6,)
-  assert os.path.exists(os.path.join(workdir, "out", "grid.png"))
-  again = sample.run(sample_config(output_dir="out2"), workdir, MESH)
+  assert report.outputs["grid"] == os.path.join(workdir, "out", "grid.png")
+  assert os.path.exists(report.outputs["grid"]) and report.next_mode == "eval"
+  again = samples_of(sample_config(output_dir="out2"), workdir)
   np.testing.assert_array_equal(np.load(again)["arr_0"], first)  # the seed reproduces
   # An interrupted run: batch 0 already on disk (marked with zeros) is kept, batch 1 is made.
-  os.makedirs(os.path.join(workdir, "out3"))
-  np.savez(os.path.join(workdir, "out3", "part_00000.npz"), arr_0=np.zeros((4, 8, 8, 1), np.uint8),
+  config = sample_config(output_dir="out3")
+  parts = sample.parts_directory(os.path.join(workdir, "out3"), sample.sampling_settings(config, 2))
+  os.makedirs(parts)
+  np.savez(os.path.join(parts, "part_00000.npz"), arr_0=np.zeros((4, 8, 8, 1), np.uint8),
            arr_1=labels[:4])
-  resumed = np.load(sample.run(sample_config(output_dir="out3"), workdir, MESH))["arr_0"]
+  resumed = np.load(samples_of(config, workdir))["arr_0"]
   assert (resumed[:4] == 0).all()
   np.testing.assert_array_equal(resumed[4:], first[4:])
 
 
+def test_other_settings_never_reuse_parts_or_overwrite_samples(workdir):
+  # Killed after part 0, then rerun with another seed: the old part is not mixed in, and
+  # the first run's samples file is kept beside the new one.
+  out = os.path.join(workdir, "mix")
+  old = sample_config(output_dir="mix", seed=1)
+  old_path = samples_of(old, workdir)
+  parts = sample.parts_directory(out, sample.sampling_settings(old, 2))
+  os.makedirs(parts)
+  np.savez(os.path.join(parts, "part_00000.npz"), arr_0=np.zeros((4, 8, 8, 1), np.uint8),
+           arr_1=np.zeros(4, np.int32))
+  new_path = samples_of(sample_config(output_dir="mix", seed=2), workdir)
+  assert new_path != old_path and os.path.exists(old_path)
+  fresh = np.load(samples_of(sample_config(output_dir="fresh", seed=2), workdir))["arr_0"]
+  np.testing.assert_array_equal(np.load(new_path)["arr_0"], fresh)  # no zeros mixed in
+  assert os.path.exists(os.path.join(parts, "part_00000.npz"))  # the old part is not deleted
+
+
 def test_guided_sampling_modes(workdir):
-  base = np.load(sample.run(sample_config(output_dir="g0", labels="3"), workdir, MESH))["arr_0"]
+  base = np.load(samples_of(sample_config(output_dir="g0", labels="3"), workdir))["arr_0"]
   for kw in (dict(classifier_scale=50.0), dict(cfg_scale=3.0),
              dict(classifier_scale=50.0, cfg_scale=3.0, sampler="ddpm")):
     name = "g_" + "_".join(f"{k}{v}" for k, v in kw.items())
-    out = np.load(sample.run(sample_config(output_dir=name, labels="3", **kw), workdir, MESH))
+    out = np.load(samples_of(sample_config(output_dir=name, labels="3", **kw), workdir))
     assert out["arr_0"].shape == base.shape and (out["arr_1"] == 3).all()
     if "classifier_scale" in kw:  # a 2-step model's conditional and null outputs are ~equal,
       assert not np.array_equal(out["arr_0"], base), kw  # so only the classifier moves pixels
@@ -103,7 +129,7 @@ def test_bad_labels_raise():
 
 
 def test_nll_mode(workdir):
-  result = sample.run_nll(sample_config(nll_batches=1, batch_size=8), workdir, MESH)
+  result = sample.run_nll(sample_config(nll_batches=1, batch_size=8), workdir, MESH).metrics
   assert np.isfinite(result["bits_per_dim"]) and result["bits_per_dim"] > 0
   assert len(result["vb_per_step_bpd"]) == 1000
 

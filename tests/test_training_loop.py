@@ -92,6 +92,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   train.run(tiny_config(num_steps=2), workdir, mesh)
   config.train.lr = 1e12  # the first steps after resuming blow the parameters up
   config.train.log_every = 1
+  config.train.allow_config_change = True  # another lr is another run: resume anyway
   with pytest.raises(training.NonFiniteLossError, match=r"step \d+.*last good checkpoint \(step \d+\)"):
     train.run(config, workdir, mesh)
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))

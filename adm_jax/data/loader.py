@@ -39,6 +39,8 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
       raise ValueError(f"batch size {global_batch_size} does not split over {process_count} processes")
     if on_corrupt not in ("skip", "raise"):
       raise ValueError(f"data.on_corrupt={on_corrupt!r}: expected 'skip' or 'raise'")
+    if channels not in (1, 3):
+      raise ValueError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
     self.source = source
     self.size = len(source)
     self.global_batch = global_batch_size
@@ -116,6 +118,8 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
         item = self.batch_at(step)
       except Exception as e:  # pylint: disable=broad-except
         item = e
+        # Stop decoding at once: the rest of this batch's images would be read for nothing.
+        self._pool.shutdown(wait=False, cancel_futures=True)
       while not self._stop.is_set():
         try:
           self._queue.put(item, timeout=0.1)

@@ -12,18 +12,32 @@ from PIL import Image
 
 
 def decode(item) -> Image.Image:
-  """A PIL image from a path, encoded bytes or a uint8 array [H, W(, C)]."""
+  """A PIL image from a path, encoded bytes or a uint8 array [H, W(, C)]; 16-bit images
+  (PNG, TIFF) are scaled to 8 bits (x / 257), not clipped."""
   if isinstance(item, (str, bytes)):
     image = Image.open(item if isinstance(item, str) else io.BytesIO(item))
     image.load()
+    if image.mode.startswith("I"):  # 16- or 32-bit integer grayscale
+      image = _eight_bit(np.asarray(image))
     return image
   array = np.asarray(item)
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
+  if array.dtype == np.uint16:
+    return _eight_bit(array)
   return Image.fromarray(array.astype(np.uint8))
 
 
+def _eight_bit(values: np.ndarray) -> Image.Image:
+  """Integer pixels of a 16-bit range (0..65535) as an 8-bit grayscale image."""
+  values = np.asarray(values).astype(np.float64)
+  scale = 257.0 if values.max(initial=0) > 255 else 1.0  # an 'I' image may already be 8-bit
+  return Image.fromarray(np.clip(np.round(values / scale), 0, 255).astype(np.uint8), mode="L")
+
+
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:
+  if channels not in (1, 3):
+    raise ValueError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
   mode = "L" if channels == 1 else "RGB"
   return image if image.mode == mode else image.convert(mode)
 

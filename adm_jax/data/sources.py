@@ -24,7 +24,8 @@ class ArraySource:
   """In-memory images [N, H, W(, C)] uint8 and labels [N]."""
 
   def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None,
-               num_classes: Optional[int] = None, name: str = "arrays"):
+               num_classes: Optional[int] = None, name: str = "arrays",
+               class_names: Optional[Sequence[str]] = None):
     images = np.asarray(images)
     if images.ndim == 3:
       images = images[..., None]
@@ -36,6 +37,7 @@ class ArraySource:
       raise ValueError(f"{name}: {len(images)} images but {len(self.labels)} labels")
     self.num_classes = int(num_classes or (self.labels.max() + 1 if len(self.labels) else 0))
     self.name = name
+    self.class_names = list(class_names) if class_names else None
 
   def __len__(self):
     return len(self.images)
@@ -83,14 +85,15 @@ def fashion_mnist(split: str = "train", directory: str = "") -> ArraySource:
     if images and labels:
       log.info("Fashion-MNIST %s: full IDX files from %s", split, candidate)
       return ArraySource(read_idx(images), read_idx(labels).astype(np.int64), 10,
-                         name=f"fashion_mnist:{split}")
+                         name=f"fashion_mnist:{split}", class_names=FASHION_MNIST_CLASSES)
   if directory:
     raise FileNotFoundError(f"data.fashion_mnist_dir={directory!r} holds no {prefix}-*-idx*-ubyte files")
   with np.load(EMBEDDED_FASHION_MNIST) as data:
     images, labels = data[f"{split}_images"], data[f"{split}_labels"]
   log.info("Fashion-MNIST %s: embedded subset (%d images); install Debian's "
                "dataset-fashion-mnist for the full set", split, len(images))
-  return ArraySource(images, labels.astype(np.int64), 10, name=f"fashion_mnist_subset:{split}")
+  return ArraySource(images, labels.astype(np.int64), 10, name=f"fashion_mnist_subset:{split}",
+                     class_names=FASHION_MNIST_CLASSES)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -150,6 +153,7 @@ class TfdsSource:
     info = getattr(self.source, "dataset_info", None)
     feature = info.features[label_key] if info is not None and label_key in info.features else None
     self.num_classes = int(getattr(feature, "num_classes", 0) or 0)
+    self.class_names = list(getattr(feature, "names", None) or []) or None
     self.name = f"tfds:{name}:{split}"
 
   def __len__(self):

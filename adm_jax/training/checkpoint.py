@@ -1,20 +1,35 @@
-"""Orbax checkpoints of the train state: periodic async saves, keep-N, exact resume.
+"""Orbax checkpoints of the train state: periodic async saves, keep-N, exact resume, fallback.
 
 A checkpoint holds the whole TrainState (step, params, EMA, optimizer, sampler state,
 RNG) plus a JSON `meta` item (the config and run facts). The data position is the
 step: the loader's batch at step s is a pure function of (seed, s). Restoring takes an
 abstract target with the CURRENT mesh's shardings, so a checkpoint written on N devices
-restores on M devices.
+restores on M devices. Each save records a fingerprint of the state (per leaf, the sum of
+its bit patterns modulo 2^32: exact and independent of sharding or reduction order), so a
+restore can tell a checkpoint whose files were garbled but still decode. `restore_newest`
+reads the newest checkpoint in full and, if it is damaged (missing or garbled files,
+truncated metadata, contents that differ from the fingerprint, non-finite values), moves it
+aside to checkpoints/damaged/<step> (never deleting it) and falls back to the next newest.
 """
 import json
 import logging
-from typing import Any, Dict, Optional
+import os
+import shutil
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+DAMAGED_DIR = "damaged"
+
+
+class NoUsableCheckpointError(RuntimeError):
+  """Every checkpoint of a directory is damaged (they were moved aside, not deleted)."""
 
 
 class Checkpointer:
@@ -34,10 +49,14 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, meta: Dict[str, Any]) -> None:
-    """Starts an (async) save of `state` at `step`; returns once arrays are copied."""
+    """Starts an (async) save of `state` at `step`; returns once arrays are copied.
+
+    The state's fingerprint goes into the meta item (see the module docstring).
+    """
+    tree = flax.serialization.to_state_dict(state)
+    meta = dict(meta, fingerprint=fingerprint(tree))
     self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-        meta=ocp.args.JsonSave(meta)), force=True)
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
 
   def restore(self, step: int, target: Any) -> Any:
     """Restores into the structure, dtypes and shardings of `target` (abstract or concrete)."""
@@ -51,12 +70,116 @@ class Checkpointer:
     restored = self.manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
 
+  def restore_newest(self, target: Any,
+                     check_meta: Optional[Callable[[Dict[str, Any]], None]] = None
+                     ) -> Tuple[Any, Optional[int], Optional[Dict[str, Any]]]:
+    """(state, step, meta) of the newest readable checkpoint, or (None, None, None) if none.
+
+    check_meta(meta) may raise (e.g. a checkpoint of another configuration): that error
+    propagates, it does not make the checkpoint "damaged". A checkpoint whose meta or state
+    cannot be read, or whose state holds NaN/inf, is moved to checkpoints/damaged/<step>.
+    """
+    damaged: List[str] = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        meta = self.restore_meta(step)
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append(self._set_aside(step, f"unreadable meta: {_short(e)}"))
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        state = self.restore(step, target)
+        changed = fingerprint_mismatches(meta.get("fingerprint"), state)
+        if changed:
+          raise ValueError(f"contents differ from what was saved in {changed[0]}"
+                           + (f" and {len(changed) - 1} more" if len(changed) > 1 else ""))
+        bad = nonfinite_leaves(state)
+        if bad:
+          raise ValueError(f"non-finite values in {bad[0]}" + (f" and {len(bad) - 1} more"
+                                                               if len(bad) > 1 else ""))
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append(self._set_aside(step, _short(e)))
+        continue
+      return state, step, meta
+    if damaged:
+      raise NoUsableCheckpointError(
+          f"no usable checkpoint in {self.directory}: {'; '.join(damaged)}. They were moved to "
+          f"{os.path.join(self.directory, DAMAGED_DIR)}; remove them or restore a copy to resume "
+          "(or use a new --workdir to start over)")
+    return None, None, None
+
+  def _set_aside(self, step: int, reason: str) -> str:
+    """Moves a damaged step directory to checkpoints/damaged/<step>; returns a description."""
+    self.manager.wait_until_finished()
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.directory, DAMAGED_DIR, str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target = os.path.join(self.directory, DAMAGED_DIR, f"{step}.{suffix}")
+      suffix += 1
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.move(source, target)
+    self.manager.reload()
+    log.warning("checkpoint step %d in %s is damaged (%s): moved to %s; trying the next newest",
+                step, self.directory, reason, target)
+    return f"step {step} ({reason})"
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _short(error: Exception, limit: int = 200) -> str:
+  text = f"{type(error).__name__}: {error}".splitlines()[0]
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _bit_sum(leaf):
+  """The sum modulo 2^32 of a leaf's bit patterns (uint32), on its devices."""
+  x = jnp.asarray(leaf)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  width = x.dtype.itemsize
+  if width not in (1, 2, 4, 8):
+    return jnp.zeros((), jnp.uint32)
+  as_uint = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32,
+                                             8: jnp.uint32}[width])
+  return jnp.sum(as_uint.astype(jnp.uint32), dtype=jnp.uint32)
+
+
+_fingerprint_fn = jax.jit(lambda leaves: [_bit_sum(leaf) for leaf in leaves])
+
+
+def fingerprint(tree: Any) -> Dict[str, int]:
+  """{leaf path: bit-pattern sum mod 2^32} of the array leaves of a (state dict) tree."""
+  flat = [(jax.tree_util.keystr(path), leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "dtype")]
+  if not flat:
+    return {}
+  sums = jax.device_get(_fingerprint_fn([leaf for _, leaf in flat]))
+  return {path: int(value) for (path, _), value in zip(flat, sums)}
+
+
+def fingerprint_mismatches(saved: Optional[Dict[str, int]], state: Any) -> List[str]:
+  """Leaves of a restored state whose fingerprint differs from the saved one (none saved: [])."""
+  if not saved:
+    return []
+  now = fingerprint(flax.serialization.to_state_dict(state))
+  return [path for path, value in saved.items() if now.get(path) != value]
+
+
+def nonfinite_leaves(tree: Any) -> List[str]:
+  """Paths of float leaves holding NaN or inf (host-side check of a restored state)."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    value = np.asarray(jax.device_get(leaf)) if hasattr(leaf, "shape") else None
+    if value is not None and np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+      bad.append(jax.tree_util.keystr(path))
+  return bad
 
 
 def _as_abstract(leaf):
@@ -67,14 +190,30 @@ def _as_abstract(leaf):
 
 
 def config_mismatches(saved: Dict[str, Any], current: Dict[str, Any], sections=("model", "diffusion")):
-  """Flags of `sections` whose values differ between two config dicts: ['model.x: a != b', ...]."""
+  """Keys of `sections` whose values differ between two config dicts: ['model.x: a != b', ...].
+
+  A section may be a dotted key ('train.seed') to compare one value.
+  """
   diffs = []
   for section in sections:
-    a, b = saved.get(section, {}) or {}, current.get(section, {}) or {}
-    for key in sorted(set(a) | set(b)):
-      if json.dumps(a.get(key), sort_keys=True) != json.dumps(b.get(key), sort_keys=True):
-        diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r} != config {b.get(key)!r}")
+    a, b = lookup(saved, section), lookup(current, section)
+    if isinstance(a, dict) or isinstance(b, dict):
+      a, b = a or {}, b or {}
+      for key in sorted(set(a) | set(b)):
+        if json.dumps(a.get(key), sort_keys=True) != json.dumps(b.get(key), sort_keys=True):
+          diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r} != config {b.get(key)!r}")
+    elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+      diffs.append(f"{section}: checkpoint {a!r} != config {b!r}")
   return diffs
+
+
+def lookup(tree: Dict[str, Any], dotted: str):
+  value: Any = tree
+  for part in dotted.split("."):
+    if not isinstance(value, dict):
+      return None
+    value = value.get(part)
+  return value
 
 
 def log_restore(step: int, directory: str) -> None:

@@ -55,8 +55,9 @@ def make_classifier_step(apply_fn: Callable, gd: diff.GaussianDiffusion, sampler
 
   def train_step(state, batch):
     inputs, dropout_key = prepare(state, batch, 0)
-    (loss, terms), grads = update.value_and_grad(loss_fn, state.params, inputs, dropout_key,
-                                                 microbatches)
+    (loss, terms), grads = update.value_and_grad(
+        loss_fn, state.params, inputs, dropout_key, microbatches,
+        grad_shardings=state_shardings.params if state_shardings is not None else None)
     new, metrics = update.guarded_update(state, grads, loss, tx)
     metrics.update(update.quartile_metrics(terms, inputs["t"], gd.num_timesteps))
     return new, metrics

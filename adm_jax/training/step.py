@@ -59,8 +59,9 @@ def make_train_step(apply_fn: Callable, diffusion: diff.GaussianDiffusion, sampl
     # t and noise are drawn for the global batch before any microbatch split, so each
     # example sees the same ones whatever the split.
     inputs = {"image": images, "label": labels, "t": t, "weights": weights, "noise": noise}
-    (loss, terms), grads = update.value_and_grad(loss_fn, state.params, inputs, dropout_key,
-                                                 microbatches)
+    (loss, terms), grads = update.value_and_grad(
+        loss_fn, state.params, inputs, dropout_key, microbatches,
+        grad_shardings=state_shardings.params if state_shardings is not None else None)
     new, metrics = update.guarded_update(
         state, grads, loss, tx, ema_rates,
         sampler_update=lambda s: sampler.update(s, t, terms["loss"]))

@@ -70,16 +70,23 @@ def _split_microbatches(tree, num_micro: int):
   return jax.tree.map(split, tree)
 
 
-def value_and_grad(loss_fn: Callable, params, per_example, key, microbatches: int = 1):
+def value_and_grad(loss_fn: Callable, params, per_example, key, microbatches: int = 1,
+                   grad_shardings=None):
   """((mean loss, per-example terms [B]), grads) of loss_fn(params, per_example, key).
 
   loss_fn returns (scalar mean loss, {name: [B]}). With microbatches > 1 the per-example
   inputs are split, gradients accumulated in a lax.scan (microbatch i uses fold_in(key, i))
   and averaged: the same update as one batch, less activation memory.
+  grad_shardings (the parameters' shardings): gradients are constrained to them as soon as
+  they exist, so that with FSDP the compiled step reduce-scatters each gradient to its shard
+  (and accumulates microbatches shard by shard) instead of all-reducing full gradients.
   """
+  constrain = ((lambda g: jax.lax.with_sharding_constraint(g, grad_shardings))
+               if grad_shardings is not None else (lambda g: g))
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:
-    return grad_fn(params, per_example, key)
+    value, grads = grad_fn(params, per_example, key)
+    return value, constrain(grads)
   batch = jax.tree.leaves(per_example)[0].shape[0]
   if batch % microbatches:
     raise ValueError(f"batch of {batch} does not split into {microbatches} microbatches")
@@ -89,9 +96,9 @@ def value_and_grad(loss_fn: Callable, params, per_example, key, microbatches: in
     grads_sum, loss_sum = carry
     mb_inputs, index = xs
     (mb_loss, mb_terms), mb_grads = grad_fn(params, mb_inputs, jax.random.fold_in(key, index))
-    return (jax.tree.map(jnp.add, grads_sum, mb_grads), loss_sum + mb_loss), mb_terms
+    return (jax.tree.map(jnp.add, grads_sum, constrain(mb_grads)), loss_sum + mb_loss), mb_terms
 
-  zeros = jax.tree.map(jnp.zeros_like, params)
+  zeros = constrain(jax.tree.map(jnp.zeros_like, params))
   (grads, loss), stacked = jax.lax.scan(
       accumulate, (zeros, jnp.zeros((), jnp.float32)), (micro, jnp.arange(microbatches)))
   grads = jax.tree.map(lambda g: g / microbatches, grads)

@@ -1,0 +1,51 @@
+"""What a mode did, for the person who ran it: status, files produced, key figures, wall time,
+and the mode to run next. Every mode returns a `RunReport`; `main` prints it."""
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+FINISHED, ALREADY_FINISHED, PREEMPTED = "finished", "already finished", "stopped by a signal"
+
+
+@dataclasses.dataclass
+class RunReport:
+  """mode: train | train_classifier | sample | eval | nll. metrics: the last logged scalars
+  (training) or the results (sample / eval / nll). outputs: {what: path}."""
+  mode: str
+  status: str = FINISHED
+  directory: str = ""
+  step: Optional[int] = None
+  metrics: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  outputs: Dict[str, str] = dataclasses.field(default_factory=dict)
+  wall_s: float = 0.0
+  notes: List[str] = dataclasses.field(default_factory=list)
+  next_mode: Optional[str] = None          # the mode a user typically runs next
+  next_overrides: List[str] = dataclasses.field(default_factory=list)  # its extra --config.x=y
+
+  def lines(self, figures=()) -> List[str]:
+    """Human-readable summary: one line of status, the key figures, the files, the notes."""
+    head = f"{self.mode}: {self.status}"
+    if self.step is not None:
+      head += f" at step {self.step}"
+    if self.wall_s:
+      head += f" in {_duration(self.wall_s)}"
+    out = [head]
+    shown = [(k, self.metrics[k]) for k in figures if k in self.metrics]
+    if shown:
+      out.append("  " + "  ".join(f"{k} {_number(v)}" for k, v in shown))
+    for what, path in self.outputs.items():
+      out.append(f"  {what}: {path}")
+    out += [f"  note: {n}" for n in self.notes]
+    return out
+
+
+def _number(value) -> str:
+  if isinstance(value, float):
+    return f"{value:.4g}"
+  return str(value)
+
+
+def _duration(seconds: float) -> str:
+  if seconds < 90:
+    return f"{seconds:.0f} s"
+  minutes = seconds / 60
+  return f"{minutes:.1f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
