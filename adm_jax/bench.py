@@ -301,22 +301,25 @@ RELEASED = ("imagenet64", "imagenet128", "imagenet256", "imagenet256_uncond", "i
             "upsample64_256", "upsample128_512")
 
 
-def bench_memory(configs_dir: str, names=RELEASED) -> List[Dict[str, Any]]:
-  """Compiled train-step memory at batch 1 for each config (name in configs_dir), dtype, remat."""
+MEMORY_SETTINGS = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
+
+
+def bench_memory(configs_dir: str, names=RELEASED, settings=MEMORY_SETTINGS) -> List[Dict[str, Any]]:
+  """Compiled train-step memory at batch 1 for each config (name in configs_dir) and
+  (dtype, remat) setting."""
   rows = []
   for name in names:
-    for dtype in ("float32", "bfloat16"):
-      for remat in (False, True):
-        config = bench_config(config_base.from_config_file(os.path.join(configs_dir, name + ".py")), 1)
-        config.model.dtype, config.model.use_checkpoint = dtype, remat
-        exp = experiment.build(config, single_device_mesh())
-        stats, _ = compile_stats(exp.train_step, exp.abstract_state, exp.abstract_batch())
-        gib = stats.get("total_bytes", 0) / 2 ** 30
-        rows.append({"config": name, "dtype": dtype, "remat": remat, "GiB": gib,
-                     "params": state_lib.param_count(exp.abstract_state.params),
-                     "fits_16": gib <= 16, "fits_32": gib <= 32, "fits_80": gib <= 80,
-                     "train_flops_per_image": stats.get("flops")})
-        print(f"{name:20s} {dtype:9s} remat={remat!s:5s} {gib:8.2f} GiB", flush=True)
+    for dtype, remat in settings:
+      config = bench_config(config_base.from_config_file(os.path.join(configs_dir, name + ".py")), 1)
+      config.model.dtype, config.model.use_checkpoint = dtype, remat
+      exp = experiment.build(config, single_device_mesh())
+      stats, _ = compile_stats(exp.train_step, exp.abstract_state, exp.abstract_batch())
+      gib = stats.get("total_bytes", 0) / 2 ** 30
+      rows.append({"config": name, "dtype": dtype, "remat": remat, "GiB": gib,
+                   "params": state_lib.param_count(exp.abstract_state.params),
+                   "fits_16": gib <= 16, "fits_32": gib <= 32, "fits_80": gib <= 80,
+                   "train_flops_per_image": stats.get("flops")})
+      print(f"{name:20s} {dtype:9s} remat={remat!s:5s} {gib:8.2f} GiB", flush=True)
   return rows
 
 

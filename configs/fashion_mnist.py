@@ -41,8 +41,12 @@ def get_config(variant: str = ""):
   c.sample.update(num_samples=1000, batch_size=100, sampler="ddpm", timestep_respacing="50",
                   labels="random")
   if variant == "quick":
-    c.train.update(num_steps=60, log_every=10, checkpoint_every=60, sample_every=60,
-                   grid_samples=10, grid_respacing="10")
+    # The first look: a 16x16 two-level model without attention, 450 steps at lr 2e-3, EMA 0.99
+    # (half-life ~70 steps), a CFG-3 ancestral-25 grid; wall time in experiments/RESULTS.md.
+    c.model.update(image_size=16, channel_mult="1,2", attention_resolutions="")
+    c.train.update(num_steps=450, lr=2e-3, ema_rate="0.99", log_every=50, checkpoint_every=450,
+                   sample_every=450, grid_samples=30, grid_respacing="25")
+    c.sample.update(num_samples=100, timestep_respacing="25")
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of fashion_mnist.py; use ':quick' or none")
   return c

@@ -1,6 +1,8 @@
 """Data sources, reference preprocessing, and the deterministic resumable per-host loader."""
 import gzip
 import os
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -165,3 +167,14 @@ def test_empty_dataset_and_bad_labels_and_names(tmp_path):
     next(_arrays_iterator(num_classes=3))
   with pytest.raises(ValueError, match="unknown data.name"):
     data.create_source(cfg(name="imagenet"))
+
+
+def test_unprepared_tfds_dataset_names_the_preparation_steps(monkeypatch):
+  def data_source(name, split, data_dir=None):
+    raise AssertionError(f"Manual directory {data_dir}/downloads/manual does not exist.")
+
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(data_source=data_source))
+  with pytest.raises(FileNotFoundError, match=r"'imagenet2012' \(split 'train'\) is not prepared "
+                     r"under /data/tfds .*tfds build imagenet2012 --file_format=array_record "
+                     r"--data_dir=/data/tfds.*ILSVRC2012_img_train.tar.*data.name=folder"):
+    sources.TfdsSource("imagenet2012", "train", "/data/tfds")

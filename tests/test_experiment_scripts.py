@@ -3,6 +3,7 @@ images, and the convolution benchmark's three parts (they compute the right grad
 import importlib.util
 import os
 import shutil
+import textwrap
 
 import jax
 import numpy as np
@@ -69,8 +70,18 @@ def test_device_check_runs_on_the_cpu(tmp_path, capsys):
   # Without an accelerator the one-shot device check compares the CPU with itself.
   from adm_jax import device_check  # pylint: disable=g-import-not-at-top
   out = tmp_path / "device_check.json"
-  code = device_check.main(["--big=fashion_mnist", "--batches=4", "--steps=1", "--sample_batch=2",
-                            f"--out={out}"])
+  tiny = tmp_path / "tiny.py"  # a class-conditional 8x8 model with a classifier: seconds to compile
+  tiny.write_text(textwrap.dedent("""
+      from adm_jax import config_base
+      def get_config():
+        c = config_base.from_config_file("fashion_mnist")
+        c.model.update(image_size=8, num_channels=32, channel_mult="1,2", attention_resolutions="4",
+                       num_heads=1)
+        c.classifier.update(classifier_width=32, channel_mult="1,2", classifier_attention_resolutions="4")
+        return c
+      """))
+  code = device_check.main([f"--small={tiny}", f"--big={tiny}", "--batches=4", "--steps=1",
+                            "--sample_batch=2", f"--out={out}"])
   printed = capsys.readouterr().out
   assert code == 0 and "parity within tolerance" in printed and "yes" in printed
   import json  # pylint: disable=g-import-not-at-top

@@ -85,10 +85,11 @@ def test_a_file_or_read_only_workdir_fails_before_any_work(tmp_path):
 def test_resume_refuses_another_run_unless_allowed(tmp_path, caplog):
   workdir = str(tmp_path / "w")
   train.run(tiny_config(num_steps=2), workdir, MESH)
-  other = tiny_config(num_steps=3, seed=1, lr=1e-3)
+  other = tiny_config(num_steps=3, seed=1)  # (the same compiled step: seed and data differ)
+  other.data.random_flip = True
   with pytest.raises(ValueError, match=r"holds a checkpoint of another run") as refused:
     train.run(other, workdir, MESH)
-  assert "train.lr: checkpoint 0.0003 != config 0.001" in str(refused.value)
+  assert "data.random_flip: checkpoint False != config True" in str(refused.value)
   assert "train.seed: checkpoint 0 != config 1" in str(refused.value)
   other.train.allow_config_change = True
   with caplog.at_level(logging.WARNING, logger="adm_jax"):

@@ -154,24 +154,40 @@ def train_step_program(dtype, remat_policy=""):
   return exp.train_step, exp.abstract_state, exp.abstract_batch()
 
 
+# Tracing (Python) is most of a lowering's cost: each program is traced once per dtype and
+# lowered for every platform from that trace.
+@functools.lru_cache(maxsize=None)
+def traced_train_step(dtype):
+  step, state, batch = train_step_program(dtype)
+  return step.trace(state, batch)
+
+
 @functools.lru_cache(maxsize=None)
 def lowered_train_step(dtype, platform):
-  step, state, batch = train_step_program(dtype)
-  return str(step.trace(state, batch).lower(lowering_platforms=(platform,)).as_text())
+  return str(traced_train_step(dtype).lower(lowering_platforms=(platform,)).as_text())
 
 
 @functools.lru_cache(maxsize=None)
-def lowered_classifier_gradient(dtype, platform):
+def traced_classifier_gradient(dtype):
   """The classifier's train step (cross-entropy on noisy images, AdamW) of
   experiment.build_classifier."""
   exp = experiment.build_classifier(tiny_config(dtype), shd.create_mesh(1, jax.devices()[:1]),
                                     donate=False)
-  return str(exp.train_step.trace(exp.abstract_state, exp.abstract_batch())
-             .lower(lowering_platforms=(platform,)).as_text())
+  return exp.train_step.trace(exp.abstract_state, exp.abstract_batch())
+
+
+@functools.lru_cache(maxsize=None)
+def lowered_classifier_gradient(dtype, platform):
+  return str(traced_classifier_gradient(dtype).lower(lowering_platforms=(platform,)).as_text())
 
 
 @functools.lru_cache(maxsize=None)
 def lowered_guided_sampling(dtype, platform):
+  return str(traced_guided_sampling(dtype).lower(lowering_platforms=(platform,)).as_text())
+
+
+@functools.lru_cache(maxsize=None)
+def traced_guided_sampling(dtype):
   """The sample mode's function: two ancestral steps in one lax.scan, each with
   grad_x log p(y | x_t) of the classifier."""
   config = tiny_config(dtype)
@@ -186,7 +202,7 @@ def lowered_guided_sampling(dtype, platform):
       class_cond=True, classifier_fn=lambda cp, x, t: classifier.apply({"params": cp}, x, t),
       classifier_scale=1.0)
   args = (params, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((BATCH,), jnp.int32), clf_params)
-  return str(sample_fn.trace(*args).lower(lowering_platforms=(platform,)).as_text())
+  return sample_fn.trace(*args)
 
 
 PROGRAMS = {"train_step": lowered_train_step, "classifier_gradient": lowered_classifier_gradient,

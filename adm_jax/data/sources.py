@@ -148,7 +148,18 @@ class TfdsSource:
     except ImportError:
       raise ImportError("data.name='tfds' needs tensorflow_datasets (pip install "
                         "tensorflow-datasets array-record); TensorFlow itself is not needed") from None
-    self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+    try:
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+    except Exception as e:  # pylint: disable=broad-except  (TFDS raises several kinds)
+      where = data_dir or "~/tensorflow_datasets"
+      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      raise FileNotFoundError(
+          f"TFDS dataset {name!r} (split {split!r}) is not prepared under {where} "
+          f"({type(e).__name__}: {first_line}). Prepare it once, in array_record format: "
+          f"`tfds build {name} --file_format=array_record --data_dir={where}` (imagenet2012: "
+          f"first put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
+          f"{where}/downloads/manual/; see the README's 'ImageNet data'), or read an image "
+          f"tree with data.name=folder data.data_dir=DIR") from None
     self.image_key, self.label_key = image_key, label_key
     info = getattr(self.source, "dataset_info", None)
     feature = info.features[label_key] if info is not None and label_key in info.features else None
