@@ -22,16 +22,16 @@ from adm_jax.training import state as state_lib
 log = logging.getLogger(__name__)
 
 
-def _check(config, mode: str, workdir: str, mesh):
-  """Config values and the training data, before anything is built."""
-  validation.validate(config, mode, workdir, devices=mesh.size if mesh else None)
+def _check_data(config, mode: str):
+  """The training data fits the network (read once the workdir is ours, before any build)."""
   validation.validate_source(config, mode, experiment.data_source(config.data, "train"))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> report_lib.RunReport:
   """Trains (or resumes) the diffusion model of `config` in `workdir`."""
-  _check(config, "train", workdir, mesh)
+  validation.validate(config, "train", workdir, devices=mesh.size if mesh else None)
   with workdir_lib.WorkdirLock(workdir, "train", jax.process_index()):
+    _check_data(config, "train")
     exp = experiment.build(config, mesh)
     log.info("model: %.2fM parameters; %d devices, %d processes",
              state_lib.param_count(exp.abstract_state.params) / 1e6, jax.device_count(),
@@ -48,9 +48,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh=None) -> report_li
 def run_classifier(config: ml_collections.ConfigDict, workdir: str,
                    mesh=None) -> report_lib.RunReport:
   """Trains (or resumes) the noisy classifier of `config` in WORKDIR/<classifier.checkpoint_dir>."""
-  _check(config, "train_classifier", workdir, mesh)
+  validation.validate(config, "train_classifier", workdir, devices=mesh.size if mesh else None)
   directory = os.path.join(workdir, config.classifier.checkpoint_dir)
   with workdir_lib.WorkdirLock(directory, "train_classifier", jax.process_index()):
+    _check_data(config, "train_classifier")
     exp = experiment.build_classifier(config, mesh)
     log.info("classifier: %.2fM parameters",
              state_lib.param_count(exp.abstract_state.params) / 1e6)

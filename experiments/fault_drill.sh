@@ -6,6 +6,7 @@
 set -u
 cd "$(dirname "$0")/.."
 BASE=${1:-$(mktemp -d /tmp/adm_fault_drill.XXXX)}
+mkdir -p "$BASE"
 PY=${PYTHON:-python}
 TINY=(--config=fashion_mnist --config.model.image_size=8 --config.model.num_channels=32
       --config.model.channel_mult=1,2 --config.model.attention_resolutions=4
