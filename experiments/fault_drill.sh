@@ -51,7 +51,10 @@ for _ in $(seq 600); do [ -d "$W/checkpoints/10" ] && break; sleep 0.2; done
 kill -9 $VICTIM; wait $VICTIM 2>/dev/null
 $PY -m adm_jax.main "${TINY[@]}" --workdir="$W" --config.train.num_steps=40 \
   --config.train.checkpoint_every=5 > "$BASE/resumed.log" 2>&1
-check "resumed after kill -9 to step 40" bash -c "[ \$? -eq 0 ] && steps_in '$W' | grep -q '40'"
+resumed_rc=$?
+# (steps_in runs in this shell: a function is not defined inside `bash -c`)
+check "resumed after kill -9 to step 40" \
+  bash -c "[ $resumed_rc -eq 0 ] && [[ ' $(steps_in "$W")' == *' 40 '* ]]"
 check "stale lock taken over with a warning" grep -q "no longer running" "$BASE/resumed.log"
 check "metrics rows once each after the resume" rows_once "$W"
 
@@ -72,8 +75,9 @@ big=$(find "$W/checkpoints/$newest/state" -path '*/d/*' -type f -printf '%s %p\n
 rm "$big"
 $PY -m adm_jax.main "${TINY[@]}" --workdir="$W" --config.train.num_steps=45 \
   --config.train.checkpoint_every=5 > "$BASE/damaged.log" 2>&1
+damaged_rc=$?
 check "damaged step $newest moved aside, training went on" \
-  bash -c "[ \$? -eq 0 ] && [ -d '$W/checkpoints/damaged/$newest' ] && grep -q 'checkpoint step $newest' '$BASE/damaged.log'"
+  bash -c "[ $damaged_rc -eq 0 ] && [ -d '$W/checkpoints/damaged/$newest' ] && grep -q 'checkpoint step $newest' '$BASE/damaged.log'"
 
 # 5. Errors in one line, before any work.
 $PY -m adm_jax.main "${TINY[@]}" --workdir="$BASE/bad" --config.train.log_every=0 > "$BASE/bad.log" 2>&1
