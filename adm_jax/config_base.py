@@ -14,6 +14,7 @@ Configs are found by path (`configs/imagenet128.py`, optionally `:ARG`) or by na
 """
 import difflib
 import importlib.util
+import json
 import os
 from typing import Iterable, List
 
@@ -141,8 +142,8 @@ def train_defaults() -> ml_collections.ConfigDict:
       sample_every=10000,            # steps between sample grids
       grid_samples=16,               # images per grid (0: no grids)
       grid_sampler="ddim",           # sampler of the grids (any of sample.sampler's)
-      grid_steps=0,                  # grid sampler's network evaluations (0: grid_respacing)
-      grid_respacing="ddim50",       # respacing of a ddpm / ddim grid when grid_steps is 0
+      grid_steps=0,                  # grid sampler's network evaluations (0: grid_timestep_respacing)
+      grid_timestep_respacing="ddim50",       # respacing of a ddpm / ddim grid when grid_steps is 0
       grid_time_schedule="time_uniform",  # time schedule of a solver grid (as sample.time_schedule)
       grid_cfg_scale=0.0,            # classifier-free guidance scale of the grids
       progress=True,                 # progress bar
@@ -220,6 +221,30 @@ def classifier_model_config(config) -> ml_collections.ConfigDict:
   return cfg
 
 
+def with_network_flags(config, flags) -> ml_collections.ConfigDict:
+  """A copy of `config` with a released / converted UNet's flags (the reference's names) in its
+  model and diffusion sections (large_size is the image size of an upsampler)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  flags = dict(flags)
+  if "large_size" in flags:
+    flags["image_size"] = flags.pop("large_size")
+  for key, value in flags.items():
+    for section in (config.model, config.diffusion):
+      if key in section:
+        section[key] = value
+  config.model.class_cond = bool(flags.get("class_cond", False))
+  config.model.in_channels = int(flags.get("in_channels", 3))
+  config.model.num_classes = int(flags.get("num_classes", 1000))
+  return config
+
+
+def with_classifier_flags(config, flags) -> ml_collections.ConfigDict:
+  """A copy of `config` with a released classifier's flags in its classifier section."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.classifier.update({k: v for k, v in flags.items() if k in config.classifier})
+  return config
+
+
 # ----------------------------------------------------------------------------- config files
 def resolve_config_path(spec: str) -> str:
   """The file of a config given as a path (`configs/x.py`) or a name (`x`, found in configs/).
@@ -267,6 +292,23 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> List[str]:
   return out
 
 
+def dotted_keys(config, patterns: Iterable[str], excluded: Iterable[str] = ()) -> List[str]:
+  """The dotted keys of a config matching patterns 'section.*' or 'section.key', less `excluded`."""
+  excluded = set(excluded)
+  out = []
+  for pattern in patterns:
+    section, _, key = pattern.partition(".")
+    names = sorted(config[section]) if key == "*" else [key]
+    out += [f"{section}.{n}" for n in names if f"{section}.{n}" not in excluded]
+  return out
+
+
+def lookup(tree, dotted: str):
+  """tree['section']['key'] of a dotted key (a ConfigDict or its JSON dict)."""
+  section, key = dotted.split(".")
+  return tree[section][key]
+
+
 def unknown_key_message(key: str, known: Iterable[str]) -> str:
   """'unknown config key train.nmu_steps; did you mean train.num_steps?' (close matches)."""
   known = list(known)
@@ -290,13 +332,13 @@ def check_keys(config: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
     raise KeyError(unknown_key_message(key, sorted(known)))
 
 
-def imagenet_classifier_config(base: str, depth: int) -> ml_collections.ConfigDict:
-  """An experiment's config with the reference's ImageNet classifier and its training recipe
-  (AdamW lr 3e-4, weight decay 0.05, linear anneal over 300K steps, batch 256, noised inputs)."""
-  c = from_config_file(base)
-  c.classifier.update(classifier_depth=depth, classifier_width=128,
-                      classifier_attention_resolutions="32,16,8", classifier_pool="attention",
-                      classifier_resblock_updown=True, classifier_use_scale_shift_norm=True,
-                      batch_size=256, lr=3e-4, weight_decay=0.05, iterations=300000,
-                      lr_anneal_steps=300000, noised=True)
+def from_reference_json(path: str) -> ml_collections.ConfigDict:
+  """A config from the PyTorch reference harness's JSON (model / classifier flag dicts)."""
+  with open(path) as f:
+    raw = json.load(f)
+  c = base_config()
+  model = dict(raw["model"])
+  c.diffusion.update({k: model.pop(k) for k in [k for k in model if k in c.diffusion]})
+  c.model.update({k: v for k, v in model.items() if k in c.model})
+  c.classifier.update({k: v for k, v in raw.get("classifier", {}).items() if k in c.classifier})
   return c

@@ -10,6 +10,7 @@ GroupNorm weight → scale; attention-pool positional embedding (C, T) → (T, C
 writes an orbax checkpoint of {'params'} plus `adm_jax_model.json` (kind and flags) that
 `load_converted(DIR)` and `--mode=sample` (sample.checkpoint_path=DIR) read.
 """
+import argparse
 import json
 import os
 import re
@@ -18,10 +19,12 @@ from typing import Any, Dict, Mapping, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from adm_jax import models
+from adm_jax import networks
 
-KINDS = ("unet", "classifier", "sr")
+KINDS = networks.KINDS
 META_FILE = "adm_jax_model.json"
 _INDEXED = re.compile(r"^(.*?)((?:_\d+)+)$")
 
@@ -103,35 +106,11 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
   return {k: _numpy(v) for k, v in state.items()}
 
 
-def build(kind: str, flags: Mapping[str, Any]):
-  """(module, abstract params) of a network kind from reference flags."""
-  if kind not in KINDS:
-    raise ValueError(f"unknown network kind {kind!r}; expected one of {KINDS}")
-  if kind == "classifier":
-    module = models.create_classifier(flags)
-  elif kind == "sr":
-    module = models.create_sr_model(flags)
-  else:
-    module = models.create_model(flags)
-  size = module.image_size
-  channels = module.in_channels // (2 if kind == "sr" else 1)
-  x = jnp.zeros((1, size, size, channels))
-  t = jnp.zeros((1,), jnp.int32)
-  kwargs = {}
-  if kind != "classifier" and module.num_classes is not None:
-    kwargs["y"] = jnp.zeros((1,), jnp.int32)
-  if kind == "sr":
-    small = int(flags["small_size"])
-    kwargs["low_res"] = jnp.zeros((1, small, small, channels))
-  abstract = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x, t, **kwargs))["params"]
-  return module, abstract
-
-
 def convert(checkpoint: str, flags: Mapping[str, Any], kind: str):
   """(module, params) of a reference checkpoint for a network described by `flags`."""
-  module, abstract = build(kind, flags)
-  params = state_dict_to_params(load_state_dict(checkpoint), abstract)
-  return module, jax.tree.map(jnp.asarray, params)
+  network = networks.from_flags(kind, flags)
+  params = state_dict_to_params(load_state_dict(checkpoint), network.abstract_params())
+  return network.module, jax.tree.map(jnp.asarray, params)
 
 
 def resolve_config(spec: str, kind: str) -> Dict[str, Any]:
@@ -152,7 +131,6 @@ def resolve_config(spec: str, kind: str) -> Dict[str, Any]:
 
 
 def save_converted(out_dir: str, params, kind: str, flags: Mapping[str, Any]) -> None:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   with ocp.StandardCheckpointer() as ckpt:
@@ -167,13 +145,12 @@ def is_converted_checkpoint(path: str) -> bool:
 
 def load_converted(path: str):
   """(flags dict, params) of a checkpoint written by `python -m adm_jax.convert`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   if not is_converted_checkpoint(path):
     raise FileNotFoundError(f"{path} is not a converted checkpoint (no {META_FILE})")
   with open(os.path.join(path, META_FILE)) as f:
     meta = json.load(f)
-  _, abstract = build(meta["kind"], meta["flags"])
+  abstract = networks.from_flags(meta["kind"], meta["flags"]).abstract_params()
   with ocp.StandardCheckpointer() as ckpt:
     restored = ckpt.restore(os.path.join(path, "params"), {"params": abstract})
   flags = dict(meta["flags"])
@@ -182,7 +159,6 @@ def load_converted(path: str):
 
 
 def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True, help="reference .pt or .npz state dict")
   parser.add_argument("--config", required=True,

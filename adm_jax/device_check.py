@@ -14,7 +14,6 @@ CPU with itself) so that the script itself is tested.
 """
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -22,11 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adm_jax import bench
 from adm_jax import config_base
 from adm_jax import experiment
+from adm_jax import networks
 from adm_jax import sampling
 from adm_jax import sharding as shd
+from adm_jax.benchmarks import timing
 
 # |accelerator - CPU| / max(|CPU|, floor): float32 on a GPU uses TF32 (10-bit mantissa) for
 # convolutions and matmuls unless jax_default_matmul_precision is 'highest'.
@@ -62,18 +62,16 @@ def parity(config, device) -> dict:
     with jax.default_device(dev):
       exp = experiment.build(config, shd.create_mesh(1, [dev]), donate=False)
       state = exp.init_state()
-      batch = jax.device_put(bench.random_batch(exp), dev)
+      batch = jax.device_put(timing.random_batch(exp), dev)
       new, metrics = exp.train_step(state, batch)
-      model, init_unet = experiment.diffusion_network(config)
-      classifier, init_clf = experiment.classifier_network(config)
+      classifier = networks.classifier(config)
       sample_fn = sampling.make_sample_fn(
-          lambda p, x, t, y, **kw: model.apply({"params": p}, x, t, y=y, **kw),
-          experiment.diffusion_process(config), exp.image_shape, sampling.SamplerSpec("ddpm", 1),
-          class_cond=True, classifier_fn=lambda p, x, t: classifier.apply({"params": p}, x, t),
-          classifier_scale=1.0)
+          exp.network.inference_fn(), exp.diffusion, exp.image_shape,
+          sampling.SamplerSpec("ddpm", 1), class_cond=True,
+          classifier_fn=classifier.inference_fn(), classifier_scale=1.0)
       labels = jnp.arange(4, dtype=jnp.int32) % config.model.num_classes
       images = sample_fn(new.params, jax.random.PRNGKey(3), labels,
-                         jax.jit(init_clf)(jax.random.PRNGKey(1)))
+                         jax.jit(classifier.init)(jax.random.PRNGKey(1)))
       runs[name] = jax.device_get((metrics, new.params, images))
   (m_cpu, p_cpu, s_cpu), (m_dev, p_dev, s_dev) = runs["cpu"], runs["device"]
   out["loss"] = _relative(m_dev["weighted_loss"], m_cpu["weighted_loss"])
@@ -88,16 +86,16 @@ def train_throughput(config, batches, steps: int) -> dict:
   """images/s, MFU and peak memory of the train step at the largest per-device batch that fits."""
   for batch in batches:
     try:
-      exp = bench.build_train(config, batch)
-      state, data = exp.init_state(), bench.random_batch(exp)
-      stats, compiled = bench.compile_stats(exp.train_step, state, data)
+      exp = timing.build_train(config, batch)
+      state, data = exp.init_state(), timing.random_batch(exp)
+      stats, compiled = timing.compile_stats(exp.train_step, state, data)
       holder = {"state": state}
 
       def one():
         holder["state"], metrics = compiled(holder["state"], data)
         return metrics["weighted_loss"]
 
-      result = bench.timed(one, steps, 2)
+      result = timing.timed(one, steps, 2)
     except Exception as e:  # pylint: disable=broad-except  (out of memory: try a smaller batch)
       if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
         print(f"  batch {batch}: out of memory, trying a smaller one", flush=True)
@@ -111,7 +109,7 @@ def train_throughput(config, batches, steps: int) -> dict:
 
 def guided_sampling(config, batch: int, steps: int, repeats: int) -> dict:
   """Seconds per classifier-guided ancestral step (one UNet forward + classifier gradient)."""
-  results = bench.bench_sample(config, batch, steps, repeats, 1, skip=["cfg"], samplers=("ddpm",))
+  results = timing.bench_sample(config, batch, steps, repeats, 1, skip=["cfg"], samplers=("ddpm",))
   r = results["ddpm_classifier"]
   return {"s_per_step": r["s_per_step"], "steps_per_s": 1.0 / r["s_per_step"], "batch": batch,
           "images_steps_per_s": batch / r["s_per_step"]}

@@ -1,9 +1,27 @@
-"""Command line: `python -m adm_jax.main --config=CONFIG --workdir=DIR --mode=MODE`.
+"""adm-jax: train, sample and evaluate ADM diffusion models (Dhariwal & Nichol 2021) in JAX.
 
-Flags and mode dispatch only; every mode is a library function taking (config, workdir).
-CONFIG is a file (`configs/imagenet128.py`, `configs/imagenet.py:128`) or a name from
-configs/ (`imagenet128`, `fashion_mnist:quick`). Override any config field with
-`--config.section.field=value`; an undeclared field is refused with the close matches.
+usage: python -m adm_jax.main --config=CONFIG --workdir=DIR [--mode=MODE] [--config.S.K=V ...]
+       (or: adm-jax ...)
+
+modes:
+  train             train (or resume) the diffusion model in DIR (the default)
+  train_classifier  train (or resume) the noisy classifier for guidance in DIR/classifier
+  sample            sample N images into DIR/samples (npz + grid; resumes an interrupted run)
+  eval              FID, sFID, IS, precision / recall of the newest samples
+  nll               bits/dim of a data split (the full variational bound)
+  plan              check the config and the data; model size and state per device (no build)
+
+flags:
+  --config=CONFIG   a config name (fashion_mnist, fashion_mnist:quick, imagenet128,
+                    imagenet:256, ...) or a file (configs/imagenet128.py); default fashion_mnist
+  --workdir=DIR     checkpoints, metrics, samples (a gs:// path works); required
+  --mode=MODE       one of the modes above
+  --config.S.K=V    override a config field (e.g. --config.train.batch_size=64); an unknown
+                    field is refused with the close matches
+  --verbose         library INFO logs and full tracebacks
+
+example:
+  python -m adm_jax.main --config=fashion_mnist:quick --workdir=/tmp/adm_quick
 """
 import logging
 import os
@@ -17,17 +35,17 @@ import jax
 from ml_collections import config_flags
 
 from adm_jax import config_base
-from adm_jax import evaluation
-from adm_jax import memory_plan
+from adm_jax import modes
 from adm_jax import report as report_lib
-from adm_jax import sample
 from adm_jax import sharding
-from adm_jax import train
 from adm_jax import xla_env
 
-MODES = ("train", "train_classifier", "sample", "eval", "nll", "plan")
+MODES = tuple(modes.MODES)
+DEFAULT_CONFIG = "fashion_mnist"
+HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull",
+              "-?")
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
+_CONFIG = config_flags.DEFINE_config_file("config", None,
                                           "Experiment config: a file or a name in configs/.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to run (plan: check the config and the "
@@ -43,7 +61,7 @@ def _config_arg(argv):
       return i, arg[len("--config="):]
     if arg == "--config" and i + 1 < len(argv):
       return i + 1, argv[i + 1]
-  return None, "configs/fashion_mnist.py"
+  return None, DEFAULT_CONFIG
 
 
 def _fail(message: str, code: int = 2):
@@ -51,17 +69,30 @@ def _fail(message: str, code: int = 2):
   sys.exit(code)
 
 
+def override_keys(argv):
+  """The dotted config keys set on a command line (--config.train.lr=1e-4 -> train.lr)."""
+  return [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+
+
 def parse_flags(argv):
-  """absl flag parsing, after resolving a config name to its file and checking override keys."""
+  """absl flag parsing, after resolving a config name to its file and checking override keys.
+
+  --help (and -h, --helpshort, --helpfull) prints the module docstring and exits 0.
+  """
   argv = list(argv)
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    print(__doc__.strip())
+    sys.exit(0)
+  flags.FLAGS.unparse_flags()  # a second parse in one process starts from the defaults
   index, spec = _config_arg(argv)
   try:
     resolved = config_base.resolve_config_path(spec)
-    if index is not None:
+    if index is None:
+      argv.insert(1, f"--config={resolved}")
+    else:
       argv[index] = resolved if argv[index] == spec else f"--config={resolved}"
     config = config_base.from_config_file(resolved)
-    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    config_base.check_keys(config, overrides)
+    config_base.check_keys(config, override_keys(argv))
   except (FileNotFoundError, KeyError, ValueError) as e:
     _fail(str(e.args[0]) if e.args else str(e))
   try:
@@ -118,21 +149,10 @@ def print_report(report, argv) -> None:
   print("\n".join(lines), flush=True)
 
 
-def run_mode(mode: str, config, workdir: str):
+def run_mode(mode: str, config, workdir: str, overrides=()):
   """Runs one mode; returns its RunReport."""
   sharding.maybe_initialize_distributed(config.distributed)
-  runs = {"train": train.run, "train_classifier": train.run_classifier, "sample": sample.run,
-          "nll": sample.run_nll, "eval": evaluation.run}
-  if mode == "plan":
-    return memory_plan.dry_run(config, workdir, _config_name(sys.argv))
-  return runs[mode](config, workdir)
-
-
-def _config_name(argv) -> str:
-  """The config's name as given (imagenet128, imagenet:128), for the stored memory fits."""
-  _, spec = _config_arg(argv)
-  return os.path.splitext(os.path.basename(spec.split(":")[0]))[0] + (
-      ":" + spec.split(":")[1] if ":" in spec else "")
+  return modes.MODES[mode](config, workdir, overrides=overrides)
 
 
 def main(argv):
@@ -144,7 +164,7 @@ def main(argv):
   if not workdir:
     _fail("--workdir is required (checkpoints, metrics and samples go there)")
   try:
-    report = run_mode(_MODE.value, _CONFIG.value, workdir)
+    report = run_mode(_MODE.value, _CONFIG.value, workdir, override_keys(sys.argv))
     print_report(report, sys.argv)
   except (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError,
           ImportError, FloatingPointError, RuntimeError) as e:

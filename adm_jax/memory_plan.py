@@ -10,19 +10,14 @@ out differently (XLA:CPU also computes bf16 convolutions in float32), so treat t
 estimates within tens of percent and leave the headroom `plan` keeps (10%).
 """
 import dataclasses
-import json
 import math
-import os
-import time
 from typing import Dict, List, Sequence
 
 import jax
 import ml_collections
 
 from adm_jax import experiment
-from adm_jax import report as report_lib
 from adm_jax import sharding as shd
-from adm_jax import validation
 from adm_jax.training import state as state_lib
 
 # Device kinds of the README table: (devices per host, GiB of memory per device).
@@ -145,59 +140,3 @@ def state_summary(config, mesh=None) -> Dict[str, float]:
           "state_bytes": parts["total"], "state_bytes_per_device": per_device,
           "per_device_batch": config.train.batch_size / max(1, jax.device_count()),
           "microbatches": exp.microbatches}
-
-
-FITS_FILE = "memory_fits.json"  # written by `bench --plan --plan_save`, read by --mode=plan
-
-
-def fits_path() -> str:
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                      FITS_FILE)
-
-
-def stored_fits(name: str, dtype: str) -> List[Fit]:
-  """Fits measured earlier for a config name and dtype (experiments/memory_fits.json)."""
-  try:
-    with open(fits_path()) as f:
-      stored = json.load(f)
-  except (OSError, ValueError):
-    return []
-  return [Fit(**fit) for fit in stored.get(f"{name}:{dtype}", [])]
-
-
-def dry_run(config, workdir: str, name: str = "") -> report_lib.RunReport:
-  """--mode=plan: checks the config and the data and reports model size, state and batch per
-  device and (from stored fits) the memory estimate, without building anything on the host."""
-  started = time.perf_counter()
-  validation.validate(config, "train")  # no workdir: a dry run writes nothing
-  summary = state_summary(config)
-  devices = jax.device_count()
-  report = report_lib.RunReport("plan", directory=workdir, metrics={
-      "parameters_M": summary["params"] / 1e6,
-      "state_GiB_per_device": summary["state_bytes_per_device"] / GIB,
-      "per_device_batch": summary["per_device_batch"], "microbatches": summary["microbatches"],
-      "devices": devices})
-  try:
-    source = experiment.data_source(config.data, "train")
-    validation.validate_source(config, "train", source)
-    report.notes.append(f"data: {getattr(source, 'name', config.data.name)}, {len(source)} "
-                        f"images, {getattr(source, 'num_classes', '?')} classes")
-  except (FileNotFoundError, ImportError, ValueError) as e:
-    report.status = "data not available"
-    report.notes.append(f"data: {e} (README: 'ImageNet on a TPU VM' for preparing TFDS data or "
-                        "an image folder)")
-  fits = stored_fits(name, config.model.dtype)
-  policy = config.model.remat_policy or ("convs_saveable" if config.model.use_checkpoint else "none")
-  fit = next((f for f in fits if f.policy == policy), None)
-  if fit is not None:
-    batch = int(summary["per_device_batch"]) // max(1, summary["microbatches"])
-    report.metrics["estimated_GiB_per_device"] = device_bytes(fit, batch, config.train.fsdp) / GIB
-    report.notes.append(f"memory estimate from XLA:CPU compilations ({fits_path()}); on GPU / TPU "
-                        "expect tens of percent off")
-  else:
-    report.notes.append(f"no compiled memory fit for {name or 'this config'} ({config.model.dtype}, "
-                        f"remat {policy}): python -m adm_jax.bench --plan --config={name or 'CONFIG'} "
-                        "measures one (minutes per compilation)")
-  report.wall_s = time.perf_counter() - started
-  report.next_mode = "train" if report.status == report_lib.FINISHED else None
-  return report

@@ -11,7 +11,6 @@ import os
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -52,7 +51,7 @@ def create_mesh(fsdp: int = 1, devices: Optional[list] = None) -> Mesh:
   """A ('data', 'fsdp') mesh over all devices; fsdp must divide the device count."""
   devices = list(jax.devices() if devices is None else devices)
   if fsdp < 1 or len(devices) % fsdp:
-    raise ValueError(f"train.fsdp={fsdp} must divide the number of devices ({len(devices)})")
+    raise ValueError(f"an FSDP degree of {fsdp} must divide the number of devices ({len(devices)})")
   grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
   return Mesh(grid, BATCH_AXES)
 
@@ -90,17 +89,3 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
   """Assembles each host's slice of a batch (numpy, leading axis) into global jax Arrays."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local)
-
-
-def local_batch_size(global_batch_size: int) -> int:
-  """This host's share of the global batch; the global batch must split over all devices."""
-  if global_batch_size % jax.device_count():
-    raise ValueError(f"train.batch_size={global_batch_size} must be divisible by the number of "
-                     f"devices ({jax.device_count()})")
-  return global_batch_size // jax.process_count()
-
-
-def to_host(tree: Any) -> Any:
-  """Fully replicated or addressable arrays → numpy on this host (for logging, grids)."""
-  return jax.tree.map(lambda a: np.asarray(jax.device_get(a)) if isinstance(a, jnp.ndarray) else a,
-                      tree)

@@ -10,10 +10,9 @@ from typing import Optional
 
 import jax
 
-from adm_jax import config_base
 from adm_jax import data as data_lib
 from adm_jax import diffusion as diff
-from adm_jax import models
+from adm_jax import networks
 from adm_jax import sampling
 from adm_jax import workdir as workdir_lib
 from adm_jax.training import state as state_lib
@@ -41,6 +40,14 @@ def _positive(config, key: str, allow_zero: bool = False) -> None:
            f"{key}={value!r} must be an integer >= {low}")
 
 
+def _check(key: str, value, fn, *args) -> None:
+  """fn(*args), its ValueError (about its arguments) turned into one naming the config key."""
+  try:
+    fn(*args)
+  except ValueError as e:
+    raise ConfigError(f"{key}={value!r}: {e}") from None
+
+
 def _batch_divides(key: str, batch: int, devices: int) -> None:
   _require(batch >= 1 and batch % devices == 0,
            f"{key}={batch} must be a positive multiple of the number of devices ({devices})")
@@ -52,7 +59,7 @@ def validate(config, mode: str, workdir: Optional[str] = None,
 
   devices: the run's device count (default: all of JAX's devices).
   """
-  m, c, s, d = config.model, config.classifier, config.sample, config.data
+  m, s, d = config.model, config.sample, config.data
   devices = devices or jax.device_count()
   _require(d.channels in (1, 3), f"data.channels={d.channels!r} must be 1 (grayscale) or 3 (RGB)")
   _require(m.in_channels == d.channels,
@@ -64,7 +71,7 @@ def validate(config, mode: str, workdir: Optional[str] = None,
            f"diffusion.schedule_sampler={config.diffusion.schedule_sampler!r} must be one of "
            f"{', '.join(diff.timestep_sampling.SAMPLERS)}")
   try:
-    models.create_model(m)  # flag checks only (channels / heads / groups); nothing is built
+    networks.unet(config)  # flag checks only (channels / heads / groups); nothing is built
   except ValueError as e:
     raise ConfigError(f"model: {e}") from None
   if m.class_cond:
@@ -73,7 +80,7 @@ def validate(config, mode: str, workdir: Optional[str] = None,
     _validate_training(config, devices)
   if mode == "train_classifier" or (mode == "sample" and s.classifier_scale > 0):
     try:
-      models.create_classifier(dict(c.to_dict(), image_size=m.image_size, in_channels=m.in_channels))
+      networks.classifier(config)
     except ValueError as e:
       raise ConfigError(f"classifier: {e}") from None
   if mode == "train_classifier":
@@ -85,11 +92,6 @@ def validate(config, mode: str, workdir: Optional[str] = None,
       workdir_lib.check_writable(workdir)
     except (PermissionError, NotADirectoryError) as e:
       raise ConfigError(str(e)) from None
-
-
-def _process(config) -> diff.GaussianDiffusion:
-  """The un-respaced process of a config (host numpy tables only)."""
-  return diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, ""))
 
 
 def _validate_training(config, devices: int) -> None:
@@ -113,14 +115,14 @@ def _validate_training(config, devices: int) -> None:
            "train.p_uncond > 0 (the null class that classifier-free guidance uses)")
   _require(devices % t.fsdp == 0, f"train.fsdp={t.fsdp} must divide the number of devices ({devices})")
   _batch_divides("train.batch_size", t.batch_size, devices)
-  try:
-    state_lib.parse_ema_rates(t.ema_rate)
-    update.microbatch_count(t.batch_size, t.microbatch, devices)
-    if t.grid_samples:
-      sampling.SamplerSpec(t.grid_sampler, t.grid_steps, t.grid_respacing,
-                           time_schedule=t.grid_time_schedule).check(_process(config))
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  _check("train.ema_rate", t.ema_rate, state_lib.parse_ema_rates, t.ema_rate)
+  _check("train.microbatch", t.microbatch, update.microbatch_count, t.batch_size, t.microbatch,
+         devices)
+  if t.grid_samples:
+    try:
+      sampling.SamplerSpec.from_config(t, prefix="grid_").check(networks.diffusion_process(config))
+    except ValueError as e:
+      raise ConfigError(f"train.grid_*: {e}") from None
 
 
 def _validate_classifier_training(config, devices: int) -> None:
@@ -135,10 +137,8 @@ def _validate_classifier_training(config, devices: int) -> None:
            f"classifier.schedule_sampler={c.schedule_sampler!r} must be one of "
            f"{', '.join(diff.timestep_sampling.SAMPLERS)}")
   _batch_divides("classifier.batch_size", c.batch_size, devices)
-  try:
-    update.microbatch_count(c.batch_size, c.microbatch, devices)
-  except ValueError as e:
-    raise ConfigError(str(e).replace("train.", "classifier.")) from None
+  _check("classifier.microbatch", c.microbatch, update.microbatch_count, c.batch_size,
+         c.microbatch, devices)
 
 
 def validate_source(config, mode: str, source) -> None:
@@ -165,8 +165,7 @@ def _validate_sampling(config, mode: str, devices: int) -> None:
   _batch_divides("sample.batch_size", s.batch_size, devices)
   if mode == "sample":
     try:
-      sampling.SamplerSpec(s.sampler, s.steps, s.timestep_respacing, s.eta, s.time_schedule,
-                           s.thresholding).check(_process(config))
+      sampling.SamplerSpec.from_config(s).check(networks.diffusion_process(config))
     except ValueError as e:
       raise ConfigError(f"sample: {e}") from None
     if s.classifier_scale and m.class_cond and not s.classifier_path:

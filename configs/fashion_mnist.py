@@ -32,7 +32,7 @@ def get_config(variant: str = ""):
   c.data.update(name="fashion_mnist", channels=1, random_flip=False)
   c.train.update(batch_size=32, lr=1e-3, num_steps=2200, ema_rate="0.995",
                  log_every=50, checkpoint_every=500, sample_every=500, grid_samples=20,
-                 grid_sampler="ddpm", grid_respacing="50", p_uncond=0.1,
+                 grid_sampler="ddpm", grid_timestep_respacing="50", p_uncond=0.1,
                  grid_cfg_scale=3.0)
   c.classifier.update(classifier_width=32, classifier_depth=1, channel_mult="1,2,2",
                       classifier_attention_resolutions="8", classifier_pool="attention",
@@ -45,7 +45,7 @@ def get_config(variant: str = ""):
     # (half-life ~70 steps), a CFG-3 ancestral-25 grid; wall time in experiments/RESULTS.md.
     c.model.update(image_size=16, channel_mult="1,2", attention_resolutions="")
     c.train.update(num_steps=450, lr=2e-3, ema_rate="0.99", log_every=50, checkpoint_every=450,
-                   sample_every=450, grid_samples=30, grid_respacing="25")
+                   sample_every=450, grid_samples=30, grid_timestep_respacing="25")
     c.sample.update(num_samples=100, timestep_respacing="25")
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of fashion_mnist.py; use ':quick' or none")

@@ -8,16 +8,14 @@ Paper: ADM-G 128 + ADM-U 512: FID 3.85, sFID 5.86, precision 0.84, recall 0.53.
 Checkpoint: 128_512_upsampler.pt. train.num_steps (500K) is a placeholder: check the paper's Table 10.
 """
 from adm_jax import config_base
+from adm_jax.models import paper
 
 
 def get_config():
-  c = config_base.base_config()
-  c.model.update(image_size=512, small_size=128, num_channels=192, num_res_blocks=2,
-                 channel_mult="", attention_resolutions="32,16", num_head_channels=64,
-                 class_cond=True, use_scale_shift_norm=True, resblock_updown=True,
-                 learn_sigma=True, dtype="bfloat16", use_checkpoint=True)
-  c.diffusion.update(diffusion_steps=1000, noise_schedule="linear")
-  c.data.update(name="tfds", tfds_name="imagenet2012", random_flip=False)
+  c = config_base.with_network_flags(config_base.base_config(),
+                                     paper.NETWORKS["128_512_upsampler"])
+  c.model.update(dtype="bfloat16", use_checkpoint=True)
+  c.data.update(name="tfds", tfds_name="imagenet2012", random_flip=False, eval_split="validation")
   c.train.update(batch_size=256, lr=1e-4, num_steps=500000, ema_rate="0.9999")
   c.sample.update(timestep_respacing="250")
   return c

@@ -8,16 +8,14 @@ Paper: ADM-G 64 + ADM-U 256: FID 3.94, sFID 6.14, precision 0.83, recall 0.53.
 Checkpoint: 64_256_upsampler.pt. train.num_steps (500K) is a placeholder: check the paper's Table 10.
 """
 from adm_jax import config_base
+from adm_jax.models import paper
 
 
 def get_config():
-  c = config_base.base_config()
-  c.model.update(image_size=256, small_size=64, num_channels=192, num_res_blocks=2,
-                 channel_mult="", attention_resolutions="32,16,8", num_heads=4,
-                 num_head_channels=-1, class_cond=True, use_scale_shift_norm=True,
-                 resblock_updown=True, learn_sigma=True, dtype="bfloat16")
-  c.diffusion.update(diffusion_steps=1000, noise_schedule="linear")
-  c.data.update(name="tfds", tfds_name="imagenet2012", random_flip=False)
+  c = config_base.with_network_flags(config_base.base_config(),
+                                     paper.NETWORKS["64_256_upsampler"])
+  c.model.update(dtype="bfloat16")
+  c.data.update(name="tfds", tfds_name="imagenet2012", random_flip=False, eval_split="validation")
   c.train.update(batch_size=256, lr=1e-4, num_steps=500000, ema_rate="0.9999")
   c.sample.update(timestep_respacing="250")
   return c

@@ -28,6 +28,8 @@ from adm_jax import xla_env  # noqa: E402  pylint: disable=wrong-import-position
 from adm_jax.evaluation import api, feature_net, metrics  # noqa: E402  pylint: disable=wrong-import-position
 from experiments.guidance_sweep import cached_reference  # noqa: E402  pylint: disable=wrong-import-position
 
+xla_env.configure_for_cpu()
+
 
 def main(argv=None):
   parser = argparse.ArgumentParser()

@@ -53,9 +53,9 @@ class Runner:
 
   def __init__(self, args):
     import jax  # pylint: disable=g-import-not-at-top
-    from adm_jax import config_base, evaluation, experiment, sharding  # pylint: disable=g-import-not-at-top
+    from adm_jax import config_base, evaluation, networks, restore, sharding  # pylint: disable=g-import-not-at-top
     from experiments.guidance_sweep import cached_reference  # pylint: disable=g-import-not-at-top
-    self.jax, self.evaluation, self.experiment = jax, evaluation, experiment
+    self.jax, self.evaluation = jax, evaluation
     self.args = args
     self.out = os.path.join(args.workdir, "solver_table")
     os.makedirs(self.out, exist_ok=True)
@@ -63,11 +63,11 @@ class Runner:
     config.sample.update(num_samples=args.num, batch_size=args.batch, labels="random", seed=0)
     self.config = config
     self.mesh = sharding.create_mesh(1, jax.devices()[:1])
-    config, self.model, self.params, self.step = experiment.load_sampling_model(
+    config, self.model, self.params, self.step = restore.sampling_model(
         config, args.workdir, self.mesh)
-    self.classifier, self.clf_params = experiment.load_classifier(config, args.workdir, self.mesh)
-    self.base = experiment.diffusion_process(config)
-    from adm_jax import sample  # pylint: disable=g-import-not-at-top
+    self.classifier, self.clf_params = restore.guidance_classifier(config, args.workdir, self.mesh)
+    self.base = networks.diffusion_process(config)
+    from adm_jax.modes import sample  # pylint: disable=g-import-not-at-top
     self.labels = sample.parse_labels("random", args.num, config.model.num_classes, 0)
     stats = os.path.join(self.out, f"reference_stats_train_{args.reference_num}.npz")
     if not os.path.exists(stats):
@@ -84,12 +84,10 @@ class Runner:
         timestep_respacing=options.get("respacing", ""), eta=float(options.get("eta", 0.0)),
         time_schedule=options.get("schedule", self.args.time_schedule) if solver else "time_uniform",
         thresholding=bool(int(options.get("thresholding", 0))))
-    model, classifier = self.model, self.classifier
-    apply_fn = lambda p, x, t, y, **kw: model.apply({"params": p}, x, t, y=y, train=False, **kw)
     return sampling.make_sample_fn(
-        apply_fn, self.base, (32, 32, 1), spec, class_cond=True,
-        classifier_fn=lambda p, x, t: classifier.apply({"params": p}, x, t, train=False),
-        classifier_scale=point["scale"], clip_denoised=bool(int(options.get("clip", 1)))), spec
+        self.model.inference_fn(), self.base, self.model.image_shape, spec, class_cond=True,
+        classifier_fn=self.classifier.inference_fn(), classifier_scale=point["scale"],
+        clip_denoised=bool(int(options.get("clip", 1)))), spec
 
   def run(self, point):
     jax = self.jax

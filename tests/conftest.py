@@ -32,6 +32,17 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("ADM_JAX_TEST_CACHE", "/tmp/adm_jax_test_compile_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
+def one_device_env():
+  """The environment of a subprocess that runs adm_jax on one CPU device: this session's XLA
+  flags less the fake device count, and its persistent compilation cache."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "xla_force_host_platform_device_count" not in f)
+  env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+  return env
+
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get("ADM_JAX_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 FIXTURE_SETS = ("gd_tiny_cond", "gd_tiny_uncond")

@@ -12,15 +12,19 @@ import time
 import jax
 import pytest
 
-from adm_jax import bench
 from adm_jax import experiment
-from adm_jax import sharding as shd
+from adm_jax.benchmarks import compare
+from adm_jax.benchmarks import memory
+from adm_jax.benchmarks import profile
+from adm_jax.benchmarks import timing
+from adm_jax.modes import train as train_mode
+from adm_jax.training import state as state_lib
 from conftest import REPO_ROOT
-from test_training_loop import tiny_config
+import tiny
 
 
 def tiny_bench_config():
-  c = tiny_config()
+  c = tiny.config()
   c.classifier.update(channel_mult="1,2", classifier_attention_resolutions="4",
                       classifier_width=32, classifier_depth=1)
   c.model.update(num_classes=10)
@@ -35,14 +39,13 @@ def test_bench_times_the_step_that_training_runs(tmp_path):
   config = tiny_bench_config()
   config.model.dropout = 0.1
   config.train.update(batch_size=4, microbatch=2)
-  mesh = shd.create_mesh(1, jax.devices()[:1])
-  spec = experiment.loop_spec(experiment.build(config, mesh), str(tmp_path))
-  timed = bench.build_train(config, batch=4)
+  spec = train_mode.loop_spec(experiment.build(config, tiny.MESH), str(tmp_path))
+  timed = timing.build_train(config, batch=4)
   assert timed.microbatches == 2 and timed.timestep_sampler.name == "loss-second-moment"
   args = (timed.abstract_state, timed.abstract_batch())
   assert timed.train_step.lower(*args).as_text() == spec.train_step.lower(*args).as_text()
   # A different step (no microbatches) lowers differently: the comparison can fail.
-  other = bench.build_train(config, batch=4, microbatch=4)
+  other = timing.build_train(config, batch=4, microbatch=4)
   assert other.train_step.lower(*args).as_text() != spec.train_step.lower(*args).as_text()
 
 
@@ -54,7 +57,7 @@ def test_timed_reports_medians_of_the_calls():
     time.sleep(0.02)
     return jax.numpy.zeros(())
 
-  r = bench.timed(work, repeats=3, warmup=2)
+  r = timing.timed(work, repeats=3, warmup=2)
   assert len(calls) == 5 and r["n"] == 3
   assert 0.02 <= r["min_s"] <= r["median_s"] <= r["max_s"] < 1.0
 
@@ -62,25 +65,25 @@ def test_timed_reports_medians_of_the_calls():
 @pytest.mark.slow  # compiles train steps and sampling loops
 def test_train_sample_and_components_report(tmp_path):
   config = tiny_bench_config()
-  train = bench.bench_train(config, batch=2, repeats=1, warmup=0,
+  train = timing.bench_train(config, batch=2, repeats=1, warmup=0,
                             profile_dir=str(tmp_path / "profile"))
   assert train["images_per_s"] == pytest.approx(2 / train["median_s"])
-  assert train["params"] == bench.state_lib.param_count(
-      experiment.build(bench.bench_config(config, 2), bench.single_device_mesh()).abstract_state.params)
+  assert train["params"] == state_lib.param_count(
+      experiment.build(timing.bench_config(config, 2), timing.single_device_mesh()).abstract_state.params)
   # --profile: a trace on disk and the op kinds that took the most time in it, sorted.
   assert list((tmp_path / "profile").rglob("*.xplane.pb"))
   top = train["profile"]["top_ops"]
   assert [r["ms_per_step"] for r in top] == sorted((r["ms_per_step"] for r in top), reverse=True)
   assert any("conv" in r["op"] for r in top), top  # a UNet step spends time in convolutions
-  bench.print_profile(train["profile"])
+  profile.print_profile(train["profile"])
 
   samplers = ("ddim", "dpmpp_2m")
-  sample = bench.bench_sample(config, batch=2, steps=2, repeats=1, warmup=0, skip=[],
+  sample = timing.bench_sample(config, batch=2, steps=2, repeats=1, warmup=0, skip=[],
                               samplers=samplers)
   assert set(sample) == {f"{s}_{k}" for s in samplers for k in ("unguided", "classifier", "cfg")}
   for r in sample.values():
     assert r["steps"] == 2 and r["s_per_step"] == pytest.approx(r["loop_median_s"] / 2)
-  components = bench.bench_components(config, batch=2, repeats=1, warmup=0)
+  components = timing.bench_components(config, batch=2, repeats=1, warmup=0)
   # FLOPs add up: an unguided step is one UNet forward; classifier-free guidance doubles the
   # batch; a classifier-guided step adds one classifier forward + backward.
   flops = {k: r["flops_per_step_per_image"] for k, r in sample.items()}
@@ -96,8 +99,8 @@ def test_train_sample_and_components_report(tmp_path):
                                   "ema_update": {"median_s": 0.5 * train["median_s"]},
                                   "ddim_step_unguided": {"median_s": 1.0},
                                   "ddim_step_guided": {"median_s": 1.7}}))
-  rows = bench.table_rows({"train": train, "sample": sample, "components": components,
-                           "reference": bench.reference_medians(str(ref_path))})
+  rows = compare.table_rows({"train": train, "sample": sample, "components": components,
+                           "reference": compare.reference_medians(str(ref_path))})
   by_name = {r[0]: r for r in rows}
   assert "dpmpp_2m guided step / DDIM guided step" in by_name
   # The harness's EMA (timed apart) counts into its train step, as ours includes EMA.
@@ -105,7 +108,7 @@ def test_train_sample_and_components_report(tmp_path):
   assert by_name["ddim guidance overhead"][3] == "70%"
   assert by_name["dpmpp_2m guidance overhead"][3] == "-"  # no reference figure given
   assert by_name["sample ddim_cfg"][3] == "-"
-  bench.print_table({"train": train, "sample": sample})
+  compare.print_table({"train": train, "sample": sample})
 
 
 @pytest.mark.slow  # compiles train steps and sampling loops
@@ -119,14 +122,14 @@ def test_memory_table_for_a_config_file(tmp_path, capsys):
         return c
       """))
   settings = (("float32", False), ("bfloat16", True))
-  rows = bench.bench_memory(str(tmp_path), ("tiny",), settings)
+  rows = memory.bench_memory((str(tmp_path / "tiny.py"),), settings)
   assert [(r["dtype"], r["remat"]) for r in rows] == list(settings)
   for r in rows:
     assert 0 < r["GiB"] < 1 and r["train_flops_per_image"] > 0
     assert all(r[f"fits_{g}"] == (r["GiB"] <= g) for g in (16, 32, 80))
     # At least the train state: float32 params, EMA and Adam's two moments.
     assert r["GiB"] * 2 ** 30 >= 4 * 4 * r["params"]
-  bench.print_memory_table(rows)
+  memory.print_memory_table(rows)
   assert "fits 16 / 32 / 80 GiB" in capsys.readouterr().out
 
 

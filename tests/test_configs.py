@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 import jax
-import jax.numpy as jnp
 
 from adm_jax import config_base
-from adm_jax import diffusion
 from adm_jax import models
+from adm_jax import networks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
@@ -20,18 +19,6 @@ SMALL = ("fashion_mnist.py", "cifar10.py", "imagenet64.py", "classifier64.py", "
 CONFIG_PARAMS = [pytest.param(p, id=os.path.basename(p),
                               marks=() if os.path.basename(p) in SMALL else pytest.mark.slow)
                  for p in CONFIGS]
-
-
-def abstract_params(module, config, classifier=False):
-  size, ch = config.model.image_size, config.model.in_channels
-  x = jnp.zeros((1, size, size, ch))
-  t = jnp.zeros((1,), jnp.int32)
-  kw = {}
-  if not classifier and config.model.class_cond:
-    kw["y"] = jnp.zeros((1,), jnp.int32)
-  if not classifier and config.model.small_size:
-    kw["low_res"] = jnp.zeros((1, config.model.small_size, config.model.small_size, ch))
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x, t, **kw))["params"]
 
 
 def count(tree):
@@ -44,14 +31,10 @@ def test_config_builds_abstractly(path):
   with open(path) as f:
     doc = f.read().split('"""')[1]
   assert "python -m adm_jax.main" in doc, "docstring gives the launch command"
-  model = models.create_model(config_base.model_config_for_training(config))
-  params = abstract_params(model, config)
-  assert count(params) > 0
-  gd = diffusion.create_gaussian_diffusion(**config_base.diffusion_kwargs(config))
-  assert gd.num_timesteps >= 1
+  assert count(networks.unet(config).abstract_params()) > 0
+  assert networks.diffusion_process(config).num_timesteps >= 1
   if os.path.basename(path).startswith(("classifier", "imagenet")):
-    clf = models.create_classifier(config_base.classifier_model_config(config))
-    assert count(abstract_params(clf, config, classifier=True)) > 0
+    assert count(networks.classifier(config).abstract_params()) > 0
 
 
 @pytest.mark.slow  # traces the init of every paper-size network
@@ -62,11 +45,9 @@ def test_config_builds_abstractly(path):
     ("upsample128_512", "128_512_upsampler"), ("lsun_bedroom", "lsun_bedroom")])
 def test_paper_configs_match_released_networks(name, released):
   config = config_base.from_config_file(os.path.join(REPO, "configs", name + ".py"))
-  ours = abstract_params(models.create_model(config_base.model_config_for_training(config)), config)
-  flags = models.released_config(released)
-  kind = models.released_kind(released)
-  from adm_jax import convert
-  _, theirs = convert.build(kind, flags)
+  ours = networks.unet(config).abstract_params()
+  theirs = networks.from_flags(models.released_kind(released),
+                               models.released_config(released)).abstract_params()
   assert jax.tree.map(lambda a: a.shape, ours) == jax.tree.map(lambda a: a.shape, theirs)
 
 

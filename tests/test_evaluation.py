@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-from scipy import linalg
 
 from adm_jax import evaluation
 from adm_jax.evaluation import feature_net

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -24,24 +26,20 @@ from adm_jax import data as data_lib
 from adm_jax import evaluation
 from adm_jax import experiment
 from adm_jax import report as report_lib
-from adm_jax import sample
-from adm_jax import sharding as shd
-from adm_jax import train
 from adm_jax import training
 from adm_jax import validation
 from adm_jax import workdir as workdir_lib
+from adm_jax.modes import evaluate
+from adm_jax.modes import sample
+from adm_jax.modes import train
 from adm_jax.training import checkpoint as ckpt_lib
 from adm_jax.training import loop as loop_lib
 from adm_jax.training import metrics as metrics_lib
-from conftest import REPO_ROOT
-from test_sample import tiny_classifier
-from test_training_loop import final_params, tiny_config
+import tiny
 
-MESH = shd.create_mesh(1, jax.devices()[:1])
-
-
-def steps_of(workdir):
-  return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+MESH = tiny.MESH
+tiny_config = tiny.config
+steps_of = tiny.checkpoint_steps
 
 
 # ----------------------------------------------------------------------------- ownership
@@ -81,11 +79,10 @@ def test_a_file_or_read_only_workdir_fails_before_any_work(tmp_path):
 
 
 # ----------------------------------------------------------------------------- resume
-@pytest.mark.slow  # trains twice
+@pytest.mark.slow  # resumes
 def test_resume_refuses_another_run_unless_allowed(tmp_path, caplog):
-  workdir = str(tmp_path / "w")
-  train.run(tiny_config(num_steps=2), workdir, MESH)
-  other = tiny_config(num_steps=3, seed=1)  # (the same compiled step: seed and data differ)
+  workdir = tiny.trained_copy(tmp_path)  # steps 2 and 4, seed 0
+  other = tiny_config(num_steps=5, seed=1)
   other.data.random_flip = True
   with pytest.raises(ValueError, match=r"holds a checkpoint of another run") as refused:
     train.run(other, workdir, MESH)
@@ -93,16 +90,16 @@ def test_resume_refuses_another_run_unless_allowed(tmp_path, caplog):
   assert "train.seed: checkpoint 0 != config 1" in str(refused.value)
   other.train.allow_config_change = True
   with caplog.at_level(logging.WARNING, logger="adm_jax"):
-    report = train.run(other, workdir, MESH)
-  assert report.step == 3 and "resuming although the run changed" in caplog.text
+    report = train.run(other, workdir, MESH)  # (another seed: another build)
+  assert report.step == 5 and "resuming although the run changed" in caplog.text
 
 
 @pytest.fixture(scope="module")
 def four_checkpoints(tmp_path_factory):
   """A workdir with checkpoints of steps 1..4 (and its config)."""
   workdir = str(tmp_path_factory.mktemp("four") / "w")
-  config = tiny_config(num_steps=4, checkpoint_every=1, keep_checkpoints=5)
-  train.run(config, workdir, MESH)
+  config = tiny_config(num_steps=4, checkpoint_every=1)
+  tiny.train_tiny(config, workdir)
   return workdir, config
 
 
@@ -134,6 +131,7 @@ def _truncate(relative):
 
 
 @pytest.mark.slow  # trains the four-checkpoint workdir
+@pytest.mark.xdist_group("four_checkpoints")
 @pytest.mark.parametrize("damage", [_delete_a_data_file, _garble_a_data_file,
                                     _truncate("meta/metadata"), _truncate("state/_METADATA")],
                          ids=["data file deleted", "data file garbled", "meta truncated",
@@ -144,7 +142,7 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_restored(
   workdir = str(tmp_path / "w")
   shutil.copytree(source, workdir)
   damage(os.path.join(workdir, "checkpoints", "4"))
-  exp = experiment.build(config, MESH)
+  exp = tiny.diffusion_experiment()
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), create=False)
   with caplog.at_level(logging.WARNING, logger="adm_jax"):
     state, step, _ = checkpointer.restore_newest(exp.abstract_state)
@@ -156,14 +154,15 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_restored(
 
 
 @pytest.mark.slow  # trains the four-checkpoint workdir, then resumes
+@pytest.mark.xdist_group("four_checkpoints")
 def test_training_resumes_past_a_damaged_checkpoint_and_all_damaged_is_one_clear_error(
     four_checkpoints, tmp_path):
   source, config = four_checkpoints
   workdir = str(tmp_path / "w")
   shutil.copytree(source, workdir)
   _delete_a_data_file(os.path.join(workdir, "checkpoints", "4"))
-  more = tiny_config(num_steps=5, checkpoint_every=1, keep_checkpoints=5)
-  report = train.run(more, workdir, MESH)  # from step 3: steps 4 and 5 trained (and saved) again
+  more = tiny_config(num_steps=5, checkpoint_every=1)
+  report = tiny.train_tiny(more, workdir)  # from step 3: steps 4 and 5 trained (and saved) again
   assert report.step == 5 and steps_of(workdir) == [1, 2, 3, 4, 5]
   records = metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["step"] for r in records] == [1, 2, 3, 4, 5]  # step 4 logged again, once
@@ -171,21 +170,41 @@ def test_training_resumes_past_a_damaged_checkpoint_and_all_damaged_is_one_clear
     _truncate("meta/metadata")(os.path.join(workdir, "checkpoints", str(step)))
   with pytest.raises(ckpt_lib.NoUsableCheckpointError,
                      match=r"no usable checkpoint in .*step 5 \(.*step 1 \("):
-    train.run(tiny_config(num_steps=6), workdir, MESH)
+    tiny.train_tiny(tiny_config(num_steps=6), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "damaged"))) == [
       "1", "2", "3", "4", "4.1", "5"]  # both damaged copies of step 4 kept
 
 
 # ----------------------------------------------------------------------------- NaN / Inf
+@pytest.fixture(scope="module")
+def exploding():
+  """The tiny model with lr = 1e39: loss and gradient stay finite, the updated parameters do not."""
+  return experiment.build(tiny_config(lr=1e39), MESH)
+
+
 @pytest.mark.slow  # trains
-def test_an_exploding_state_is_never_saved(tmp_path):
-  # lr = 1e39: loss and gradient are finite, the updated parameters are not.
+def test_an_exploding_state_is_never_saved(tmp_path, exploding):
   workdir = str(tmp_path / "w")
   with pytest.raises(training.NonFiniteLossError,
                      match=r"non-finite parameters, EMA or optimizer state after the update at "
                      r"step 1.*last good checkpoint \(none\)"):
-    train.run(tiny_config(num_steps=3, lr=1e39, checkpoint_every=1), workdir, MESH)
+    train.run(tiny_config(num_steps=3, lr=1e39, checkpoint_every=1), workdir, MESH,
+              experiment=exploding)
   assert steps_of(workdir) == []
+
+
+@pytest.mark.slow  # resumes and trains
+def test_a_non_finite_state_after_resuming_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, exploding):
+  # (The non-finite loss and gradient paths: tests/test_train_step.py.)
+  workdir = tiny.trained_copy(tmp_path)  # steps 2 and 4
+  config = tiny_config(num_steps=8, lr=1e39, allow_config_change=True)  # resume anyway
+  with pytest.raises(training.NonFiniteLossError,
+                     match=r"step 5.*last good checkpoint \(step 4\)"):
+    train.run(config, workdir, MESH, experiment=exploding)
+  assert steps_of(workdir) == [2, 4]
+  state = tiny.final_state(workdir)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
 
 
 def test_a_restored_non_finite_state_counts_as_damaged(tmp_path):
@@ -216,11 +235,11 @@ def test_metric_rows_after_the_restored_step_are_superseded(tmp_path):
 @pytest.mark.slow  # trains three times
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_bit_for_bit(tmp_path):
   straight = str(tmp_path / "straight")
-  train.run(tiny_config(num_steps=5, checkpoint_every=10), straight, MESH)
-  workdir = str(tmp_path / "w")
   config = tiny_config(num_steps=5, checkpoint_every=10)
-  exp = experiment.build(config, MESH)
-  spec = experiment.loop_spec(exp, workdir)
+  tiny.train_tiny(config, straight)
+  workdir = str(tmp_path / "w")
+  exp = dataclasses.replace(tiny.diffusion_experiment(), config=config)
+  spec = train.loop_spec(exp, workdir)
   terminate = lambda *_: os.kill(os.getpid(), signal.SIGTERM)
   spec.hooks = list(spec.hooks) + [loop_lib.Hook("sigterm", 2, terminate, at_end=False)]
   before = signal.getsignal(signal.SIGTERM)
@@ -228,19 +247,17 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_bit_for_bit(tmp_path):
   assert report.status == report_lib.PREEMPTED and report.step == 3
   assert steps_of(workdir) == [3] and "SIGTERM" in " ".join(report.notes)
   assert signal.getsignal(signal.SIGTERM) is before  # the loop's handler is gone again
-  train.run(config, workdir, MESH)
-  a, b = final_params(straight, config), final_params(workdir, config)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  tiny.train_tiny(config, workdir)
+  tiny.assert_trees_equal(tiny.final_state(straight), tiny.final_state(workdir))
 
 
 @pytest.mark.slow  # trains
 def test_a_finished_run_says_so_without_compiling(tmp_path):
   workdir = str(tmp_path / "w")
-  first = train.run(tiny_config(num_steps=2), workdir, MESH)
+  first = tiny.train_tiny(tiny_config(num_steps=2), workdir)
   assert first.status == report_lib.FINISHED and os.path.exists(first.outputs["plot"])
   start = time.perf_counter()
-  again = train.run(tiny_config(num_steps=2), workdir, MESH)
+  again = train.run(tiny_config(num_steps=2), workdir, MESH)  # a fresh build, never compiled
   assert again.status == report_lib.ALREADY_FINISHED and again.step == 2
   assert time.perf_counter() - start < 20  # no train-step compilation
   assert "raise the number of steps" in again.notes[0]
@@ -249,7 +266,7 @@ def test_a_finished_run_says_so_without_compiling(tmp_path):
 
 # ----------------------------------------------------------------------------- class counts
 def test_classifier_with_fewer_classes_than_the_data_is_refused_before_training(tmp_path):
-  config = tiny_classifier(tiny_config())
+  config = tiny_config()
   config.classifier.num_classes = 5
   with pytest.raises(validation.ConfigError, match=r"classifier.num_classes=5 but the data .* "
                      r"has 10 classes"):
@@ -257,18 +274,17 @@ def test_classifier_with_fewer_classes_than_the_data_is_refused_before_training(
 
 
 def test_guidance_by_a_classifier_with_too_few_classes_is_refused():
-  config = tiny_classifier(tiny_config())
+  config = tiny_config()
   config.sample.update(classifier_scale=1.0)
   config.classifier.num_classes = 5
   with pytest.raises(validation.ConfigError, match="cannot guide every class"):
     validation.validate(config, "sample", devices=1)
 
 
-@pytest.mark.slow  # trains
 def test_guidance_without_a_trained_classifier_says_so(tmp_path):
-  workdir = str(tmp_path / "w")
-  train.run(tiny_config(num_steps=1), workdir, MESH)
-  config = tiny_classifier(tiny_config())
+  workdir = tiny.trained_copy(tmp_path)
+  shutil.rmtree(os.path.join(workdir, "classifier"))
+  config = tiny_config()
   config.sample.update(classifier_scale=1.0, num_samples=2, batch_size=2, steps=2)
   with pytest.raises(FileNotFoundError, match=r"no checkpoint under .*classifier/checkpoints: "
                      r"run --mode=train_classifier first"):
@@ -292,17 +308,6 @@ def test_bad_values_fail_with_the_key_and_the_rule(key, value, message):
   mode = "sample" if section == "sample" else "train"
   with pytest.raises(validation.ConfigError, match=message):
     validation.validate(config, mode, devices=2)
-
-
-def test_unknown_config_key_lists_close_matches_in_one_line(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "adm_jax.main", "--config=fashion_mnist", f"--workdir={tmp_path}",
-       "--config.train.nmu_steps=3"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 2
-  assert result.stderr.startswith("error: unknown config key train.nmu_steps; did you mean "
-                                  "train.num_steps or ")
-  assert len(result.stderr.strip().splitlines()) == 1
-  assert not os.listdir(tmp_path)  # nothing written
 
 
 def test_sixteen_bit_images_are_scaled_not_saturated(tmp_path):
@@ -344,6 +349,6 @@ def test_eval_takes_the_newest_samples_and_warns_below_a_thousand(tmp_path):
   evaluation.write_reference_batch(big, config.data, "train", 40, 32)
   evaluation.write_reference_batch(new, config.data, "train", 6, 32)
   os.utime(big, (time.time() - 60, time.time() - 60))  # samples_40x... sorts last but is older
-  report = evaluation.run(config, str(tmp_path))
+  report = evaluate.run(config, str(tmp_path))
   assert report.outputs["evaluated"] == new and report.metrics["n_samples"] == 6
   assert "only 6 samples" in report.notes[0]

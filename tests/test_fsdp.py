@@ -18,6 +18,9 @@ from adm_jax import experiment
 from adm_jax import sharding as shd
 from test_lowering import tiny_config
 
+# Its tests share module-level traced programs / fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("fsdp")
+
 KERNEL = re.compile(r"f32\[\d+,\d+,\d+,\d+\]")  # a convolution kernel's shape
 
 

@@ -5,14 +5,14 @@ import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from adm_jax import config_base
 from adm_jax import diffusion as diff
 from adm_jax import guidance
-from adm_jax import models
+from adm_jax import networks
+from adm_jax.benchmarks import timing
 from adm_jax.models import layers
 from test_bench import tiny_bench_config
 
@@ -69,19 +69,16 @@ def test_guided_sampling_loop_has_only_canonical_convolutions():
   # With the autodiff rule XLA:CPU kept the flipped kernel as HWOI ("01oi") inside the
   # scan body and ran those convolutions through its slow generic emitter.
   config = tiny_bench_config()
-  model = models.create_model(config_base.model_config_for_training(config))
-  clf_cfg = ml_collections.ConfigDict(config.classifier.to_dict())
-  clf_cfg.image_size, clf_cfg.in_channels = config.model.image_size, config.model.in_channels
-  classifier = models.create_classifier(clf_cfg)
+  unet, classifier = networks.unet(config), networks.classifier(config)
   size, ch = config.model.image_size, config.model.in_channels
-  x0, t0, y = jnp.zeros((1, size, size, ch)), jnp.zeros((1,), jnp.int32), jnp.zeros((2,), jnp.int32)
-  params = model.init(jax.random.PRNGKey(0), x0, t0, y=y[:1])["params"]
-  clf_params = classifier.init(jax.random.PRNGKey(1), x0, t0)["params"]
+  y = jnp.zeros((2,), jnp.int32)
+  params = unet.init(jax.random.PRNGKey(0))
+  clf_params = classifier.init(jax.random.PRNGKey(1))
   gd = diff.create_gaussian_diffusion(**config_base.diffusion_kwargs(config, "2"))
 
   def loop(p, cp, key):
-    model_fn = lambda x, t, y=None: model.apply({"params": p}, x, t, y=y)
-    cond_fn = guidance.classifier_cond_fn(lambda x, t: classifier.apply({"params": cp}, x, t), 1.0)
+    model_fn = lambda x, t, y=None: unet.apply(p, x, t, y)
+    cond_fn = guidance.classifier_cond_fn(lambda x, t: classifier.apply(cp, x, t), 1.0)
     return diff.p_sample_loop(gd, model_fn, (2, size, size, ch), key, cond_fn=cond_fn,
                               model_kwargs={"y": y})
 
@@ -95,8 +92,7 @@ def test_microbatched_train_step_has_only_canonical_convolutions():
   # Gradient accumulation runs the backward pass inside a lax.scan body; with the autodiff
   # rule's weight gradient XLA:CPU kept `f01b_i01o->01bf` convolutions there and ran them
   # through its generic loop emitter (bench32 train step 19x slower with two microbatches).
-  from adm_jax import bench  # pylint: disable=g-import-not-at-top
-  exp = bench.build_train(tiny_bench_config(), 4, microbatch=2)
+  exp = timing.build_train(tiny_bench_config(), 4, microbatch=2)
   assert exp.microbatches == 2
   hlo = exp.train_step.lower(exp.abstract_state, exp.abstract_batch()).compile().as_text()
   assert " while(" in hlo  # the microbatches are one scan

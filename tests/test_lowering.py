@@ -21,10 +21,13 @@ import pytest
 
 from adm_jax import config_base
 from adm_jax import experiment
-from adm_jax import models
+from adm_jax import networks
 from adm_jax import sampling
 from adm_jax import sharding as shd
 from adm_jax.models import layers
+
+# Its tests share module-level traced programs / fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("lowering")
 
 # 0.83M parameters; attention at 8x8 (T = 64, 2 heads of 32 channels), BigGAN up/down, AdaGN.
 UNET = dict(image_size=16, in_channels=3, num_channels=32, num_res_blocks=1, channel_mult="1,2",
@@ -122,17 +125,11 @@ def lower(fn, args, platform):
 # --- the three programs ----------------------------------------------------------------------
 
 def _unet(dtype, **flags):
-  return models.create_model(dict(UNET, dtype=dtype, **flags))
+  return networks.from_flags("unet", dict(UNET, dtype=dtype, **flags))
 
 
 def _classifier(dtype):
-  return models.create_classifier(dict(CLASSIFIER, dtype=dtype))
-
-
-def _abstract_params(module, **kw):
-  size = module.image_size
-  x, t = jnp.zeros((1, size, size, 3)), jnp.zeros((1,), jnp.int32)
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x, t, **kw)["params"])
+  return networks.from_flags("classifier", dict(CLASSIFIER, dtype=dtype))
 
 
 def tiny_config(dtype, remat_policy=""):
@@ -191,16 +188,12 @@ def traced_guided_sampling(dtype):
   """The sample mode's function: two ancestral steps in one lax.scan, each with
   grad_x log p(y | x_t) of the classifier."""
   config = tiny_config(dtype)
-  model, _ = experiment.diffusion_network(config)
-  classifier, _ = experiment.classifier_network(config)
-  params = _abstract_params(model, y=jnp.zeros((1,), jnp.int32))
-  clf_params = _abstract_params(classifier)
-  size = UNET["image_size"]
+  unet, classifier = networks.unet(config), networks.classifier(config)
   sample_fn = sampling.make_sample_fn(
-      lambda p, x, t, y, **kw: model.apply({"params": p}, x, t, y=y, **kw),
-      experiment.diffusion_process(config), (size, size, 3), sampling.SamplerSpec("ddpm", 2),
-      class_cond=True, classifier_fn=lambda cp, x, t: classifier.apply({"params": cp}, x, t),
+      unet.inference_fn(), networks.diffusion_process(config), unet.image_shape,
+      sampling.SamplerSpec("ddpm", 2), class_cond=True, classifier_fn=classifier.inference_fn(),
       classifier_scale=1.0)
+  params, clf_params = unet.abstract_params(), classifier.abstract_params()
   args = (params, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((BATCH,), jnp.int32), clf_params)
   return sample_fn.trace(*args)
 
@@ -282,11 +275,11 @@ def test_bfloat16_matmuls(platform):
 
 
 def test_outputs_and_loss_are_float32():
-  model, classifier = _unet("bfloat16"), _classifier("bfloat16")
+  unet, classifier = _unet("bfloat16"), _classifier("bfloat16")
   size = UNET["image_size"]
   x, t, y = jnp.zeros((BATCH, size, size, 3)), jnp.zeros((BATCH,), jnp.int32), jnp.zeros((BATCH,), jnp.int32)
-  out = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x, t, y=y)[0])
-  logits = jax.eval_shape(lambda: classifier.init_with_output(jax.random.PRNGKey(0), x, t)[0])
+  out = jax.eval_shape(unet.apply, unet.abstract_params(), x, t, y)
+  logits = jax.eval_shape(classifier.apply, classifier.abstract_params(), x, t)
   assert out.dtype == jnp.float32 and logits.dtype == jnp.float32
   step, state, batch = train_step_program("bfloat16")
   _, metrics = jax.eval_shape(step, state, batch)
@@ -366,11 +359,11 @@ def test_remat_lowers_without_barriers_and_recomputes():
 
 
 def _compiled_gradient_memory(**flags):
-  model = _unet("float32", **flags)
-  params = _abstract_params(model, y=jnp.zeros((1,), jnp.int32))
+  unet = _unet("float32", **flags)
+  params = unet.abstract_params()
 
   def grad(p, x, t):
-    return jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, t, y=t % 10) ** 2))(p)
+    return jax.grad(lambda p: jnp.sum(unet.apply(p, x, t, t % 10) ** 2))(p)
 
   size = UNET["image_size"]
   x, t = jax.ShapeDtypeStruct((8, size, size, 3), jnp.float32), jax.ShapeDtypeStruct((8,), jnp.int32)

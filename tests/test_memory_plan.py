@@ -8,6 +8,9 @@ from adm_jax import memory_plan
 from adm_jax import sharding as shd
 from test_lowering import tiny_config
 
+# Its tests share module-level traced programs / fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("memory_plan")
+
 GIB = 2 ** 30
 
 

@@ -1,4 +1,4 @@
-"""The sample / nll modes on a tiny trained workdir, and a converted reference checkpoint via the CLI."""
+"""The sample / nll modes on the tiny trained workdir, and a converted reference checkpoint via the CLI."""
 import json
 import os
 import subprocess
@@ -7,110 +7,103 @@ import sys
 import numpy as np
 import pytest
 
-import jax
-
 from adm_jax import data as data_lib
 from adm_jax import evaluation
-from adm_jax import sample
-from adm_jax import sharding as shd
-from adm_jax import train
-from conftest import REPO_ROOT, load_fixture
-from test_training_loop import tiny_config
+from adm_jax import validation
+from adm_jax.modes import evaluate
+from adm_jax.modes import nll
+from adm_jax.modes import sample
+from conftest import REPO_ROOT, load_fixture, one_device_env
+import tiny
 
-pytestmark = pytest.mark.slow  # whole runs: each test trains, samples or runs a notebook
+pytestmark = pytest.mark.slow  # whole runs: each test samples (or runs the CLI)
 
-MESH = shd.create_mesh(1, jax.devices()[:1])
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("trained"))
-  config = tiny_classifier(tiny_config(num_steps=2, p_uncond=0.2))
-  mesh = shd.create_mesh(1, jax.devices()[:1])
-  train.run(config, path, mesh)
-  summary = train.run_classifier(config, path, mesh).metrics
-  assert "val_acc1" in summary and "val_acc5" in summary and "acc1" in summary
-  return path
+STEP = tiny.TRAINED_STEPS[-1]  # the trained workdir's newest checkpoint
 
 
-def tiny_classifier(config):
-  config.classifier.update(classifier_width=32, classifier_depth=1, channel_mult="1,2",
-                           classifier_attention_resolutions="4", iterations=2, batch_size=8,
-                           log_every=1, eval_every=2, eval_batches=1, checkpoint_every=2)
-  return config
+def run_sample(tmp_path, name="out", overrides=(), **sample_settings):
+  """The sample mode on the shared trained workdir, output under tmp_path/name; its report."""
+  config = tiny.sample_config(output_dir=str(tmp_path / name), **sample_settings)
+  return sample.run(config, tiny.trained_workdir(), tiny.MESH, overrides)
 
 
-def sample_config(**kw):
-  config = tiny_classifier(tiny_config(p_uncond=0.2))
-  config.sample.update(num_samples=6, batch_size=4, sampler="ddim", timestep_respacing="ddim3",
-                       labels="random", output_dir="out")
-  config.sample.update(kw)
-  return config
+def samples_of(tmp_path, name="out", **sample_settings):
+  return run_sample(tmp_path, name, **sample_settings).outputs["samples"]
 
 
-def samples_of(config, workdir):
-  """Runs the sample mode; returns the samples npz it reports."""
-  return sample.run(config, workdir, MESH).outputs["samples"]
-
-
-def test_samples_npz_grid_seed_and_resume(workdir):
-  report = sample.run(sample_config(), workdir, MESH)
+def test_samples_npz_grid_seed_and_resume(tmp_path):
+  report = run_sample(tmp_path)
   path = report.outputs["samples"]
   with np.load(path) as d:
     first, labels = d["arr_0"], d["arr_1"]
   assert first.shape == (6, 8, 8, 1) and first.dtype == np.uint8 and labels.shape == (6,)
-  assert report.outputs["grid"] == os.path.join(workdir, "out", "grid.png")
+  assert report.outputs["grid"] == str(tmp_path / "out" / "grid.png")
   assert os.path.exists(report.outputs["grid"]) and report.next_mode == "eval"
-  again = samples_of(sample_config(output_dir="out2"), workdir)
+  again = samples_of(tmp_path, "out2")
   np.testing.assert_array_equal(np.load(again)["arr_0"], first)  # the seed reproduces
   # An interrupted run: batch 0 already on disk (marked with zeros) is kept, batch 1 is made.
-  config = sample_config(output_dir="out3")
-  parts = sample.parts_directory(os.path.join(workdir, "out3"), sample.sampling_settings(config, 2))
+  config = tiny.sample_config(output_dir=str(tmp_path / "out3"))
+  parts = sample.parts_directory(str(tmp_path / "out3"), sample.sampling_settings(config, STEP))
   os.makedirs(parts)
   np.savez(os.path.join(parts, "part_00000.npz"), arr_0=np.zeros((4, 8, 8, 1), np.uint8),
            arr_1=labels[:4])
-  resumed = np.load(samples_of(config, workdir))["arr_0"]
+  resumed = np.load(samples_of(tmp_path, "out3"))["arr_0"]
   assert (resumed[:4] == 0).all()
   np.testing.assert_array_equal(resumed[4:], first[4:])
 
 
-def test_other_settings_never_reuse_parts_or_overwrite_samples(workdir):
+def test_other_settings_never_reuse_parts_or_overwrite_samples(tmp_path):
   # Killed after part 0, then rerun with another seed: the old part is not mixed in, and
   # the first run's samples file is kept beside the new one.
-  out = os.path.join(workdir, "mix")
-  old = sample_config(output_dir="mix", seed=1)
-  old_path = samples_of(old, workdir)
-  parts = sample.parts_directory(out, sample.sampling_settings(old, 2))
+  out = str(tmp_path / "mix")
+  old_path = samples_of(tmp_path, "mix", seed=1)
+  parts = sample.parts_directory(out, sample.sampling_settings(tiny.sample_config(
+      output_dir=out, seed=1), STEP))
   os.makedirs(parts)
   np.savez(os.path.join(parts, "part_00000.npz"), arr_0=np.zeros((4, 8, 8, 1), np.uint8),
            arr_1=np.zeros(4, np.int32))
-  new_path = samples_of(sample_config(output_dir="mix", seed=2), workdir)
+  new_path = samples_of(tmp_path, "mix", seed=2)
   assert new_path != old_path and os.path.exists(old_path)
-  fresh = np.load(samples_of(sample_config(output_dir="fresh", seed=2), workdir))["arr_0"]
+  fresh = np.load(samples_of(tmp_path, "fresh", seed=2))["arr_0"]
   np.testing.assert_array_equal(np.load(new_path)["arr_0"], fresh)  # no zeros mixed in
   assert os.path.exists(os.path.join(parts, "part_00000.npz"))  # the old part is not deleted
 
 
-def test_guided_sampling_modes(workdir):
-  base = np.load(samples_of(sample_config(output_dir="g0", labels="3"), workdir))["arr_0"]
+def test_guided_sampling_modes(tmp_path):
+  base = np.load(samples_of(tmp_path, "g0", labels="3"))["arr_0"]
   for kw in (dict(classifier_scale=50.0), dict(cfg_scale=3.0),
              dict(classifier_scale=50.0, cfg_scale=3.0, sampler="ddpm")):
     name = "g_" + "_".join(f"{k}{v}" for k, v in kw.items())
-    out = np.load(samples_of(sample_config(output_dir=name, labels="3", **kw), workdir))
+    out = np.load(samples_of(tmp_path, name, labels="3", **kw))
     assert out["arr_0"].shape == base.shape and (out["arr_1"] == 3).all()
-    if "classifier_scale" in kw:  # a 2-step model's conditional and null outputs are ~equal,
+    if "classifier_scale" in kw:  # a 4-step model's conditional and null outputs are ~equal,
       assert not np.array_equal(out["arr_0"], base), kw  # so only the classifier moves pixels
+
+
+def test_sampling_builds_the_networks_it_was_trained_with(tmp_path):
+  # The sampling command's config says 64 channels (a config file's value, not a flag): the
+  # checkpoint's 32 are used. A flag that contradicts the checkpoint is refused in one line.
+  config = tiny.sample_config(output_dir=str(tmp_path / "a"), classifier_scale=1.0)
+  config.model.num_channels = 64
+  config.classifier.classifier_width = 64
+  report = sample.run(config, tiny.trained_workdir(), tiny.MESH)
+  assert np.load(report.outputs["samples"])["arr_0"].shape == (6, 8, 8, 1)
+  for key in ("model.num_channels", "classifier.classifier_width"):
+    with pytest.raises(validation.ConfigError) as refused:
+      sample.run(config, tiny.trained_workdir(), tiny.MESH, overrides=[key])
+    message = str(refused.value)
+    assert f"{key}=64 (command line) but 32 in training" in message and "\n" not in message
 
 
 def test_eval_mode_logs_writes_json_and_names_its_reference(tmp_path, caplog):
   # fmnist_cnn_v1 takes 32x32 images: six real training images stand in for samples.
-  config = sample_config(output_dir="ev")
+  config = tiny.sample_config(output_dir="ev")
   config.model.image_size = 32
   os.makedirs(tmp_path / "ev")
   evaluation.write_reference_batch(str(tmp_path / "ev" / "samples_6x32x32x1.npz"), config.data,
                                    "train", 6, 32)
   with caplog.at_level("INFO", logger="adm_jax"):
-    evaluation.run(config, str(tmp_path))
+    evaluate.run(config, str(tmp_path))
   assert "[fmnist_cnn_v1] FID" in caplog.text
   with open(tmp_path / "ev" / "eval_fmnist_cnn_v1.json") as f:
     saved = json.load(f)
@@ -119,7 +112,7 @@ def test_eval_mode_logs_writes_json_and_names_its_reference(tmp_path, caplog):
     assert np.isfinite(saved[key]), key
   # The cached reference batch's name says where it came from (full set or embedded subset, split).
   name = data_lib.create_source(config.data, config.data.eval_split).name
-  assert os.path.basename(saved["reference"]) == f"reference_{evaluation.api.source_tag(name)}_6.npz"
+  assert os.path.basename(saved["reference"]) == f"reference_{evaluation.source_tag(name)}_6.npz"
   assert "test" in os.path.basename(saved["reference"])
 
 
@@ -128,8 +121,9 @@ def test_bad_labels_raise():
     sample.parse_labels("1,12", 4, 10, 0)
 
 
-def test_nll_mode(workdir):
-  result = sample.run_nll(sample_config(nll_batches=1, batch_size=8), workdir, MESH).metrics
+def test_nll_mode(tmp_path):
+  config = tiny.sample_config(nll_batches=1, batch_size=8, output_dir=str(tmp_path / "nll"))
+  result = nll.run(config, tiny.trained_workdir(), tiny.MESH).metrics
   assert np.isfinite(result["bits_per_dim"]) and result["bits_per_dim"] > 0
   assert len(result["vb_per_step_bpd"]) == 1000
 
@@ -137,7 +131,7 @@ def test_nll_mode(workdir):
 def test_converted_reference_checkpoint_samples_through_cli(tmp_path):
   fx = load_fixture("gd_tiny_cond")
   ckpt = tmp_path / "ckpt"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+  env = one_device_env()
   run = lambda args: subprocess.run([sys.executable, "-m"] + args, cwd=REPO_ROOT, text=True,
                                     capture_output=True, timeout=600, env=env)
   result = run(["adm_jax.convert", "--checkpoint", str(fx.dir / "unet_params.npz"),

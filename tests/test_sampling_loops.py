@@ -17,6 +17,9 @@ from adm_jax import diffusion
 from test_diffusion_parity import base_process
 from test_diffusion_networks import cond_fn, model_fn_for
 
+# Its tests share module-level traced programs / fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("sampling_loops")
+
 DATA = pathlib.Path(__file__).parent / "data" / "sampling_loops_gd_tiny_cond.npz"
 # Float32 trajectories of 25 network evaluations: measured differences <= 6e-5.
 ATOL = 3e-4

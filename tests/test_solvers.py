@@ -24,6 +24,9 @@ from test_diffusion_parity import base_process
 from test_diffusion_networks import model_fn_for
 from test_models import networks
 
+# Its tests share module-level traced programs / fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("solvers")
+
 DATA = pathlib.Path(__file__).parent / "data" / "solver_trajectories_gd_tiny_cond.npz"
 SOLVERS = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "sde_dpmpp_2m", "plms")
 NULL_LABEL, CFG_W = 999, 2.0  # the reference's guidance_scale s = 1 + w = 3

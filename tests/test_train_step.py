@@ -3,13 +3,10 @@ import numpy as np
 import pytest
 
 import jax
-import jax.numpy as jnp
 
-from adm_jax import diffusion
 from adm_jax import sharding as shd
-from adm_jax.training import state as state_lib
 from adm_jax.training import update
-from tiny_train import B, TinyUNet, batches, build, train
+from tiny_train import B, batches, build, train
 
 
 def assert_trees_close(a, b, rtol, atol):

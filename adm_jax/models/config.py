@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import jax.numpy as jnp
 
+from adm_jax.models import paper
 from adm_jax.models.unet import POOLS, REMAT_POLICIES, EncoderClassifier, SuperResUNet, UNet
 
 DEFAULT_CHANNEL_MULT = {
@@ -180,45 +181,8 @@ def create_classifier(cfg) -> EncoderClassifier:
       pool=pool, dtype=dtype)
 
 
-# The released checkpoints' flags (guided-diffusion README / fixtures README).
-_BIG = dict(num_channels=256, num_res_blocks=2, attention_resolutions="32,16,8",
-            num_head_channels=64, learn_sigma=True, use_scale_shift_norm=True,
-            resblock_updown=True, diffusion_steps=1000, noise_schedule="linear")
-_CLASSIFIER = dict(classifier_width=128, classifier_depth=2,
-                   classifier_attention_resolutions="32,16,8", classifier_pool="attention",
-                   classifier_resblock_updown=True, classifier_use_scale_shift_norm=True)
-
-RELEASED = {
-    "64x64_diffusion": dict(image_size=64, num_channels=192, num_res_blocks=3,
-                            attention_resolutions="32,16,8", num_head_channels=64, dropout=0.1,
-                            class_cond=True, learn_sigma=True, use_new_attention_order=True,
-                            use_scale_shift_norm=True, resblock_updown=True,
-                            diffusion_steps=1000, noise_schedule="cosine"),
-    "128x128_diffusion": dict(image_size=128, num_channels=256, num_res_blocks=2,
-                              attention_resolutions="32,16,8", num_heads=4, class_cond=True,
-                              learn_sigma=True, use_scale_shift_norm=True, resblock_updown=True,
-                              diffusion_steps=1000, noise_schedule="linear"),
-    "256x256_diffusion": dict(_BIG, image_size=256, class_cond=True),
-    "256x256_diffusion_uncond": dict(_BIG, image_size=256, class_cond=False),
-    "512x512_diffusion": dict(_BIG, image_size=512, class_cond=True),
-    "lsun_bedroom": dict(_BIG, image_size=256, class_cond=False, dropout=0.1),
-    "lsun_cat": dict(_BIG, image_size=256, class_cond=False, dropout=0.1),
-    "lsun_horse": dict(_BIG, image_size=256, class_cond=False, dropout=0.1),
-    "lsun_horse_nodropout": dict(_BIG, image_size=256, class_cond=False),
-    "64_256_upsampler": dict(large_size=256, small_size=64, num_channels=192, num_res_blocks=2,
-                             attention_resolutions="32,16,8", num_heads=4, class_cond=True,
-                             learn_sigma=True, use_scale_shift_norm=True, resblock_updown=True,
-                             diffusion_steps=1000, noise_schedule="linear"),
-    "128_512_upsampler": dict(large_size=512, small_size=128, num_channels=192,
-                              num_res_blocks=2, attention_resolutions="32,16",
-                              num_head_channels=64, class_cond=True, learn_sigma=True,
-                              use_scale_shift_norm=True, resblock_updown=True,
-                              diffusion_steps=1000, noise_schedule="linear"),
-    "64x64_classifier": dict(_CLASSIFIER, image_size=64, classifier_depth=4),
-    "128x128_classifier": dict(_CLASSIFIER, image_size=128),
-    "256x256_classifier": dict(_CLASSIFIER, image_size=256),
-    "512x512_classifier": dict(_CLASSIFIER, image_size=512),
-}
+# The released checkpoints' flags (adm_jax.models.paper holds the paper's table).
+RELEASED = paper.NETWORKS
 
 
 def released_config(name: str) -> Dict[str, Any]:

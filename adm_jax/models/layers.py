@@ -14,7 +14,7 @@ autodiff of `lax.conv_general_dilated` and of the same GroupNorm forward, and
 """
 import functools
 import math
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax

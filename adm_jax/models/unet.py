@@ -7,7 +7,7 @@ All NHWC. Call signatures (other code relies on them):
 Outputs are float32 whatever the compute dtype.
 """
 import functools
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax

@@ -62,6 +62,19 @@ class SamplerSpec:
       raise ValueError(f"thresholding is an option of the solvers ({', '.join(SOLVERS)}), "
                        f"not of {self.name!r}")
 
+  @classmethod
+  def from_config(cls, section, prefix: str = "") -> "SamplerSpec":
+    """The spec of a config section: `sample` (keys sampler, steps, timestep_respacing, eta,
+    time_schedule, thresholding) or `train` with prefix 'grid_' (grid_sampler, grid_steps, ...);
+    a field whose key the section lacks keeps its default."""
+    keys = {"name": "sampler"}
+    values = {}
+    for field in dataclasses.fields(cls):
+      key = prefix + keys.get(field.name, field.name)
+      if key in section:
+        values[field.name] = type(field.default)(section[key])
+    return cls(**values)
+
   @property
   def is_solver(self) -> bool:
     return self.name in SOLVERS

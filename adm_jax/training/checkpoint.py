@@ -11,7 +11,6 @@ reads the newest checkpoint in full and, if it is damaged (missing or garbled fi
 truncated metadata, contents that differ from the fingerprint, non-finite values), moves it
 aside to checkpoints/damaged/<step> (never deleting it) and falls back to the next newest.
 """
-import json
 import logging
 import os
 import shutil
@@ -64,6 +63,23 @@ class Checkpointer:
     restored = self.manager.restore(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))
     return flax.serialization.from_state_dict(target, restored["state"])
+
+  def restore_part(self, step: int, target: Dict[str, Any]) -> Dict[str, Any]:
+    """Restores only the parts of a saved state named in `target` (a state-dict subtree such as
+    {'ema_params': {'0': abstract params}}: nothing else is read); ValueError when they differ
+    from what was saved (fingerprint) or hold NaN / inf."""
+    abstract = jax.tree.map(_as_abstract, target)
+    restored = self.manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True)))["state"]
+    saved = self.restore_meta(step).get("fingerprint") or {}
+    now = fingerprint(restored)
+    changed = [path for path, value in now.items() if path in saved and saved[path] != value]
+    bad = changed or nonfinite_leaves(restored)
+    if bad:
+      what = "differs from what was saved" if changed else "holds non-finite values"
+      raise ValueError(f"checkpoint step {step} in {self.directory} is damaged: {bad[0]} {what}")
+    return restored
 
   def restore_meta(self, step: Optional[int] = None) -> Dict[str, Any]:
     step = self.latest_step() if step is None else step
@@ -187,24 +203,6 @@ def _as_abstract(leaf):
     return leaf
   sharding = getattr(leaf, "sharding", None)
   return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
-
-
-def config_mismatches(saved: Dict[str, Any], current: Dict[str, Any], sections=("model", "diffusion")):
-  """Keys of `sections` whose values differ between two config dicts: ['model.x: a != b', ...].
-
-  A section may be a dotted key ('train.seed') to compare one value.
-  """
-  diffs = []
-  for section in sections:
-    a, b = lookup(saved, section), lookup(current, section)
-    if isinstance(a, dict) or isinstance(b, dict):
-      a, b = a or {}, b or {}
-      for key in sorted(set(a) | set(b)):
-        if json.dumps(a.get(key), sort_keys=True) != json.dumps(b.get(key), sort_keys=True):
-          diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r} != config {b.get(key)!r}")
-    elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-      diffs.append(f"{section}: checkpoint {a!r} != config {b!r}")
-  return diffs
 
 
 def lookup(tree: Dict[str, Any], dotted: str):

@@ -29,7 +29,7 @@ def parse_ema_rates(rates) -> Tuple[float, ...]:
   out = tuple(float(r) for r in rates)
   for r in out:
     if not 0.0 <= r < 1.0:
-      raise ValueError(f"train.ema_rate entries must lie in [0, 1), got {r}")
+      raise ValueError(f"EMA rates must lie in [0, 1), got {r}")
   return out
 
 
@@ -38,7 +38,7 @@ def create_optimizer(lr: float, weight_decay: float = 0.0, lr_anneal_steps: int 
                      eps: float = 1e-8) -> optax.GradientTransformation:
   """AdamW as the reference (torch defaults), optional linear anneal to 0 and clipping."""
   if lr <= 0:
-    raise ValueError(f"train.lr must be positive, got {lr}")
+    raise ValueError(f"the learning rate must be positive, got {lr}")
   schedule = optax.linear_schedule(lr, 0.0, lr_anneal_steps) if lr_anneal_steps > 0 else lr
   parts = []
   if grad_clip and grad_clip > 0:

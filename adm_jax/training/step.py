@@ -17,15 +17,6 @@ from adm_jax.training import update
 from adm_jax.training.state import TrainState
 
 
-def area_downsample(images, size: int):
-  """[B, H, W, C] → [B, size, size, C] by averaging blocks (torch 'area' for integer factors)."""
-  b, h, w, c = images.shape
-  if h % size or w % size:
-    raise ValueError(f"cannot area-downsample {h}x{w} to {size}x{size}")
-  fh, fw = h // size, w // size
-  return images.reshape(b, size, fh, size, fw, c).mean(axis=(2, 4))
-
-
 def make_train_step(apply_fn: Callable, diffusion: diff.GaussianDiffusion, sampler,
                     tx: optax.GradientTransformation, ema_rates: Sequence[float], *,
                     microbatches: int = 1, p_uncond: float = 0.0, null_label: int = -1,

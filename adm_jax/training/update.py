@@ -50,10 +50,10 @@ def microbatch_count(batch: int, microbatch: Optional[int], devices: int = 1) ->
   if microbatch is None or microbatch <= 0 or microbatch >= batch:
     return 1
   if batch % microbatch:
-    raise ValueError(f"train.microbatch={microbatch} must divide train.batch_size={batch}")
+    raise ValueError(f"a microbatch of {microbatch} must divide the batch of {batch}")
   count = batch // microbatch
   if (batch // devices) % count:
-    raise ValueError(f"train.microbatch={microbatch}: each device's share of the batch "
+    raise ValueError(f"a microbatch of {microbatch}: each device's share of the batch "
                      f"({batch // devices}) must split into {count} microbatches")
   return count
 

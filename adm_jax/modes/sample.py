@@ -1,25 +1,27 @@
-"""The sample and nll modes: `run` (--mode=sample) and `run_nll` (--mode=nll).
+"""The sample mode: `run` (--mode=sample).
 
-Objects come from adm_jax.experiment (trained or converted params, the process) and the
-sampling library (adm_jax.sampling); this module does the batching over hosts, the npz parts
-of an interrupted run, the two-stage (base + upsampler) pipeline and the output files.
+Parameters come from adm_jax.restore (a workdir's newest checkpoint, built with the settings it
+was trained with, or a converted checkpoint), the jitted sampler from the sampling library;
+this module does the batching over hosts, the npz parts of an interrupted run, the two-stage
+(base + upsampler) pipeline and the output files.
 """
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 import jax
 import numpy as np
 import tqdm
 
-from adm_jax import data as data_lib
-from adm_jax import diffusion as diff
-from adm_jax import experiment
+from adm_jax import config_base
+from adm_jax import networks
 from adm_jax import report as report_lib
+from adm_jax import restore
 from adm_jax import sampling
 from adm_jax import sharding as shd
 from adm_jax import validation
@@ -48,12 +50,6 @@ def parse_labels(spec, num: int, num_classes: int, seed: int) -> np.ndarray:
 def output_dir(config, workdir: str) -> str:
   out = config.sample.output_dir
   return out if os.path.isabs(out) else os.path.join(workdir, out)
-
-
-def sampler_spec(config) -> sampling.SamplerSpec:
-  s = config.sample
-  return experiment.sampler_spec(s.sampler, s.steps, s.timestep_respacing, s.eta,
-                                 s.time_schedule, s.thresholding)
 
 
 def _base_samples(config, num_samples: int):
@@ -110,34 +106,56 @@ def _final_path(out_dir: str, shape, settings: Dict[str, Any]) -> str:
   return path
 
 
-def run(config, workdir: str, mesh=None) -> report_lib.RunReport:
+_SAMPLERS: Dict[str, Any] = {}
+_SAMPLERS_KEPT = 8
+
+
+def compiled_sampler(config, network, classifier, process, spec, mesh):
+  """sampling.make_sample_fn for a network (+ classifier) and the config's guidance, kept per
+  process for the same modules, process, sampler and mesh (a later run reuses its traced and
+  compiled program: sweeps over seeds or sample counts, tests)."""
+  s = config.sample
+  key = json.dumps([repr(network.module), repr(classifier.module) if classifier else None,
+                    config_base.diffusion_kwargs(config, ""), dataclasses.astuple(spec), s.cfg_scale,
+                    s.classifier_scale, s.clip_denoised, config.model.class_cond,
+                    config.model.num_classes, [d.id for d in mesh.devices.flat]], default=str)
+  if key not in _SAMPLERS:
+    if len(_SAMPLERS) >= _SAMPLERS_KEPT:
+      _SAMPLERS.pop(next(iter(_SAMPLERS)))
+    _SAMPLERS[key] = sampling.make_sample_fn(
+        network.inference_fn(), process, network.image_shape, spec,
+        class_cond=config.model.class_cond, cfg_scale=s.cfg_scale,
+        null_label=config.model.num_classes,
+        classifier_fn=classifier.inference_fn() if classifier else None,
+        classifier_scale=s.classifier_scale, clip_denoised=s.clip_denoised,
+        out_shardings=shd.replicated(mesh))
+  return _SAMPLERS[key]
+
+
+def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> report_lib.RunReport:
   """--mode=sample: N samples into the reference's npz (arr_0 uint8 NHWC, arr_1 labels) + grid.
 
   Batches are written as they finish (part_XXXXX.npz in a folder keyed by the settings); an
   interrupted run with the same settings picks up at the first missing part, a run with other
   settings (seed, sampler, checkpoint step, ...) starts its own. Batch i uses key
   fold_in(key(seed), i), so results do not depend on interruptions or the number of devices.
+  overrides: the config keys set on the command line (a network setting among them that
+  contradicts the checkpoint's is refused; see adm_jax.restore).
   """
   started = time.perf_counter()
   scfg = config.sample
   mesh = mesh or shd.create_mesh(1)
   out_dir = output_dir(config, workdir)
   validation.validate(config, "sample", out_dir, devices=mesh.size)
-  spec = sampler_spec(config)
+  spec = sampling.SamplerSpec.from_config(scfg)
   with workdir_lib.WorkdirLock(out_dir, "sample", jax.process_index()):
-    config, model, params, step = experiment.load_sampling_model(config, workdir, mesh)
-    classifier_fn, classifier_params = None, None
+    config, network, params, step = restore.sampling_model(config, workdir, mesh, overrides)
+    classifier, classifier_params = None, None
     if scfg.classifier_scale:
-      classifier, classifier_params = experiment.load_classifier(config, workdir, mesh)
-      classifier_fn = lambda p, x, t: classifier.apply({"params": p}, x, t, train=False)
-    shape = (config.model.image_size, config.model.image_size, config.model.in_channels)
-    apply_fn = lambda p, x, t, y, **kw: model.apply({"params": p}, x, t, y=y, train=False, **kw)
-    sample_fn = sampling.make_sample_fn(
-        apply_fn, experiment.diffusion_process(config), shape, spec,
-        class_cond=config.model.class_cond, cfg_scale=scfg.cfg_scale,
-        null_label=config.model.num_classes, classifier_fn=classifier_fn,
-        classifier_scale=scfg.classifier_scale, clip_denoised=scfg.clip_denoised,
-        out_shardings=shd.replicated(mesh))
+      classifier, classifier_params = restore.guidance_classifier(config, workdir, mesh, overrides)
+    shape = network.image_shape
+    process = networks.diffusion_process(config)
+    sample_fn = compiled_sampler(config, network, classifier, process, spec, mesh)
     num_samples = scfg.num_samples
     low_res_all = None
     if config.model.small_size:  # two-stage sampling: upsample base samples with their labels
@@ -185,7 +203,7 @@ def run(config, workdir: str, mesh=None) -> report_lib.RunReport:
     path = _final_path(out_dir, arr_0.shape, settings)
     np.savez(path, arr_0=arr_0, arr_1=arr_1)
     info = {"settings": settings, "checkpoint_step": step, "num_samples": int(arr_0.shape[0]),
-            "sampler": spec.describe(), "nfe_per_image": spec.nfe(experiment.diffusion_process(config)),
+            "sampler": spec.describe(), "nfe_per_image": spec.nfe(process),
             "npz": path}
     for info_path in (path[:-len(".npz")] + ".json", os.path.join(out_dir, "sample_info.json")):
       with open(info_path, "w") as f:
@@ -201,58 +219,3 @@ def run(config, workdir: str, mesh=None) -> report_lib.RunReport:
   report.next_mode = "eval"
   report.next_overrides = [f"--config.sample.sample_npz={path}"]
   return report
-
-
-def run_nll(config, workdir: str, mesh=None) -> report_lib.RunReport:
-  """--mode=nll: bits/dim (full variational bound, calc_bpd_loop) over a dataset split.
-
-  Uses sample.nll_batches batches of sample.batch_size images of split sample.nll_split,
-  the process of config.diffusion (its timestep_respacing, "" for the exact bound).
-  Writes <output_dir>/nll.json; the report's metrics are its contents.
-  """
-  started = time.perf_counter()
-  scfg = config.sample
-  mesh = mesh or shd.create_mesh(1)
-  validation.validate(config, "nll", workdir, devices=mesh.size)
-  config, model, params, step = experiment.load_sampling_model(config, workdir, mesh)
-  gd = diff.respaced(experiment.diffusion_process(config), config.diffusion.timestep_respacing)
-  cond = config.model.class_cond
-
-  @jax.jit
-  def bpd(params, images, labels, key):
-    model_fn = lambda x, t, **kw: model.apply({"params": params}, x, t,
-                                              y=labels if cond else None, train=False)
-    return diff.calc_bpd_loop(gd, model_fn, images, key=key)
-
-  batches = data_lib.create_data_iterator(
-      config.data, global_batch_size=scfg.batch_size, image_size=config.model.image_size,
-      seed=scfg.seed, start_step=0, process_index=jax.process_index(),
-      process_count=jax.process_count(), split=scfg.nll_split)
-  totals = {"total_bpd": [], "prior_bpd": [], "vb": [], "xstart_mse": [], "mse": []}
-  try:
-    for i in tqdm.trange(scfg.nll_batches, desc="nll", disable=jax.process_index() != 0):
-      batch = shd.global_batch(next(batches), mesh)
-      out = jax.device_get(bpd(params, batch["image"], batch["label"],
-                               jax.random.fold_in(jax.random.PRNGKey(scfg.seed), i)))
-      for k in totals:
-        totals[k].append(np.asarray(out[k]))
-  finally:
-    batches.close()
-  result = {"checkpoint_step": step, "split": scfg.nll_split,
-            "num_images": int(sum(len(v) for v in totals["total_bpd"])),
-            "bits_per_dim": float(np.concatenate(totals["total_bpd"]).mean()),
-            "prior_bpd": float(np.concatenate(totals["prior_bpd"]).mean()),
-            "steps": int(gd.num_timesteps)}
-  vb = np.concatenate(totals["vb"]).mean(axis=0)  # per step, column j = step T-1-j
-  result["vb_per_step_bpd"] = [float(v) for v in vb[::-1]]  # now index = step
-  out_dir = output_dir(config, workdir)
-  path = os.path.join(out_dir, "nll.json")
-  if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(result, f, indent=2)
-  log.info("NLL: %.4f bits/dim over %d images (%d steps, split %s)", result["bits_per_dim"],
-           result["num_images"], result["steps"], result["split"])
-  return report_lib.RunReport("nll", directory=out_dir, step=step if step >= 0 else None,
-                              metrics=result, outputs={"nll": path},
-                              wall_s=time.perf_counter() - started)
