@@ -25,8 +25,16 @@ class CorruptImageError(RuntimeError):
   pass
 
 
+class UnlabelledError(ValueError):
+  """An example without a label (-1) reached a loader that needs labels (num_classes set)."""
+
+
 class BatchIterator(Iterator[Dict[str, np.ndarray]]):
-  """Yields {'image': float32 [B_local, S, S, C] in [-1, 1], 'label': int32 [B_local]}."""
+  """Yields {'image': float32 [B_local, S, S, C] in [-1, 1], 'label': int32 [B_local]}.
+
+  With num_classes every label must lie in [0, num_classes): a -1 (unlabelled example) raises
+  UnlabelledError rather than reaching a classifier or a class-conditional model.
+  """
 
   def __init__(self, source, *, global_batch_size: int, image_size: int, seed: int,
                start_step: int = 0, process_index: int = 0, process_count: int = 1,
@@ -36,7 +44,8 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
     if len(source) == 0:
       raise ValueError(f"dataset {getattr(source, 'name', source)!r} is empty")
     if global_batch_size % process_count:
-      raise ValueError(f"batch size {global_batch_size} does not split over {process_count} processes")
+      raise ValueError(f"batch size {global_batch_size} does not split over {process_count} "
+                       "processes")
     if on_corrupt not in ("skip", "raise"):
       raise ValueError(f"data.on_corrupt={on_corrupt!r}: expected 'skip' or 'raise'")
     if channels not in (1, 3):
@@ -84,8 +93,12 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
       index = self.index_at(position + attempt)
       item, label = self.source[index]
       if self.num_classes is not None and not 0 <= label < self.num_classes:
-        raise ValueError(f"label {label} of example {index} of {getattr(self.source, 'name', '')} "
-                         f"is out of range for num_classes={self.num_classes}")
+        name = getattr(self.source, "name", type(self.source).__name__)
+        if label < 0:
+          raise UnlabelledError(f"example {index} of {name} has no label ({label}) but labels are "
+                                f"needed (num_classes={self.num_classes}); use a labelled split")
+        raise ValueError(f"label {label} of example {index} of {name} is out of range for "
+                         f"num_classes={self.num_classes}")
       rng = np.random.default_rng([self.seed, position, attempt, 7])
       try:
         image = preprocess.preprocess(item, self.image_size, self.channels, self.random_crop,
