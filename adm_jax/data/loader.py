@@ -115,23 +115,47 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
     raise CorruptImageError(f"{_REPLACEMENT_TRIES} unreadable images in a row near position "
                             f"{position}; is the dataset corrupt?")
 
+  def _fill(self, images: np.ndarray, labels: np.ndarray, row: int, position: int) -> None:
+    """Writes the example at a stream position into row `row` of a batch (in a worker thread,
+    float conversion included, so that assembling a batch is no serial step)."""
+    image, label = self._load(position)
+    images[row] = preprocess.to_float(image)
+    labels[row] = label
+
+  def _start(self, step: int):
+    """Submits this process's slice of global batch `step` to the workers."""
+    start = step * self.global_batch + self.offset
+    images = np.empty((self.local_batch, self.image_size, self.image_size, self.channels),
+                      np.float32)
+    labels = np.empty((self.local_batch,), np.int32)
+    jobs = [self._pool.submit(self._fill, images, labels, row, start + row)
+            for row in range(self.local_batch)]
+    return images, labels, jobs
+
+  @staticmethod
+  def _finish(pending) -> Dict[str, np.ndarray]:
+    images, labels, jobs = pending
+    for job in jobs:
+      job.result()  # the first failure, in row order
+    return {"image": images, "label": labels}
+
   def batch_at(self, step: int) -> Dict[str, np.ndarray]:
     """This process's slice of global batch `step` (synchronously)."""
-    start = step * self.global_batch + self.offset
-    results = list(self._pool.map(self._load, range(start, start + self.local_batch)))
-    images = np.stack([r[0] for r in results])
-    labels = np.asarray([r[1] for r in results], np.int32)
-    return {"image": preprocess.to_float(images), "label": labels}
+    return self._finish(self._start(step))
 
   # -------------------------------------------------------------- iteration
   def _produce(self):
     step = self._step
+    pending = None
     while not self._stop.is_set():
       try:
-        item = self.batch_at(step)
+        pending = pending or self._start(step)
+        following = self._start(step + 1)  # the workers go on while this batch is handed over
+        item = self._finish(pending)
+        pending = following
       except Exception as e:  # pylint: disable=broad-except
         item = e
-        # Stop decoding at once: the rest of this batch's images would be read for nothing.
+        # Stop decoding at once: the rest of these batches' images would be read for nothing.
         self._pool.shutdown(wait=False, cancel_futures=True)
       while not self._stop.is_set():
         try:
