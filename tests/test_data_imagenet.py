@@ -16,11 +16,10 @@ from adm_jax import data
 from adm_jax.data import sources
 from adm_jax.data.preprocess import preprocess, to_float
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import imagenet_standin  # noqa: E402  pylint: disable=g-import-not-at-top
-
 pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("array_record")
+
+import imagenet_standin  # noqa: E402  (tests/ is on pytest's pythonpath)
 
 
 @pytest.fixture(scope="module")
