@@ -14,7 +14,9 @@ from typing import Dict, Iterator, Optional
 
 import numpy as np
 
-from adm_jax.data import preprocess
+# The functions, not the module: adm_jax.data re-exports `preprocess` (the function) under the
+# module's name.
+from adm_jax.data.preprocess import preprocess as preprocess_example, to_float
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,8 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
                          f"num_classes={self.num_classes}")
       rng = np.random.default_rng([self.seed, position, attempt, 7])
       try:
-        image = preprocess.preprocess(item, self.image_size, self.channels, self.random_crop,
-                                      self.random_flip, rng)
+        image = preprocess_example(item, self.image_size, self.channels, self.random_crop,
+                                   self.random_flip, rng)
         return image, label
       except Exception as e:  # pylint: disable=broad-except
         where = item if isinstance(item, str) else f"example {index}"
@@ -119,7 +121,7 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
     """Writes the example at a stream position into row `row` of a batch (in a worker thread,
     float conversion included, so that assembling a batch is no serial step)."""
     image, label = self._load(position)
-    images[row] = preprocess.to_float(image)
+    images[row] = to_float(image)
     labels[row] = label
 
   def _start(self, step: int):
