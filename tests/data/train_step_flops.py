@@ -5,17 +5,22 @@ per accelerator" estimate.
   python tests/data/train_step_flops.py 64 128 256 512            # lowered HLO only (seconds)
   python tests/data/train_step_flops.py --compiled 64             # compiled step (minutes each)
   python tests/data/train_step_flops.py --no_remat 512            # model FLOPs without remat
-Prints one JSON line per resolution: resolution, parameters, flops (per image), seconds.
+Prints one JSON line per resolution: resolution, parameters, flops (per image), seconds,
+adm_jax (the package it measured).
 """
 import json
+import os
 import sys
 import time
 
-import jax
+# This checkout's adm_jax, not an installed one (a script's sys.path[0] is tests/data).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from adm_jax import config_base
-from adm_jax import experiment
-from adm_jax import sharding
+import jax  # noqa: E402
+
+from adm_jax import config_base  # noqa: E402
+from adm_jax import experiment  # noqa: E402
+from adm_jax import sharding  # noqa: E402
 
 
 def step_flops(resolution: int, compiled: bool = False, remat: bool = None) -> dict:
@@ -34,7 +39,7 @@ def step_flops(resolution: int, compiled: bool = False, remat: bool = None) -> d
   params = sum(x.size for x in jax.tree_util.tree_leaves(exp.abstract_state.params))
   return {"resolution": resolution, "compiled": compiled, "parameters": int(params),
           "flops": float(cost["flops"]), "remat": bool(config.model.use_checkpoint),
-          "seconds": round(time.time() - start, 1)}
+          "seconds": round(time.time() - start, 1), "adm_jax": os.path.dirname(experiment.__file__)}
 
 
 if __name__ == "__main__":
