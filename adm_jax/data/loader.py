@@ -14,7 +14,9 @@ from typing import Dict, Iterator, Optional
 
 import numpy as np
 
-from adm_jax.data import preprocess
+# The functions, not the module: adm_jax.data re-exports `preprocess` (the function) under the
+# module's name.
+from adm_jax.data.preprocess import preprocess as preprocess_example, to_float
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,16 @@ class CorruptImageError(RuntimeError):
   pass
 
 
+class UnlabelledError(ValueError):
+  """An example without a label (-1) reached a loader that needs labels (num_classes set)."""
+
+
 class BatchIterator(Iterator[Dict[str, np.ndarray]]):
-  """Yields {'image': float32 [B_local, S, S, C] in [-1, 1], 'label': int32 [B_local]}."""
+  """Yields {'image': float32 [B_local, S, S, C] in [-1, 1], 'label': int32 [B_local]}.
+
+  With num_classes every label must lie in [0, num_classes): a -1 (unlabelled example) raises
+  UnlabelledError rather than reaching a classifier or a class-conditional model.
+  """
 
   def __init__(self, source, *, global_batch_size: int, image_size: int, seed: int,
                start_step: int = 0, process_index: int = 0, process_count: int = 1,
@@ -36,7 +46,8 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
     if len(source) == 0:
       raise ValueError(f"dataset {getattr(source, 'name', source)!r} is empty")
     if global_batch_size % process_count:
-      raise ValueError(f"batch size {global_batch_size} does not split over {process_count} processes")
+      raise ValueError(f"batch size {global_batch_size} does not split over {process_count} "
+                       "processes")
     if on_corrupt not in ("skip", "raise"):
       raise ValueError(f"data.on_corrupt={on_corrupt!r}: expected 'skip' or 'raise'")
     if channels not in (1, 3):
@@ -84,12 +95,16 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
       index = self.index_at(position + attempt)
       item, label = self.source[index]
       if self.num_classes is not None and not 0 <= label < self.num_classes:
-        raise ValueError(f"label {label} of example {index} of {getattr(self.source, 'name', '')} "
-                         f"is out of range for num_classes={self.num_classes}")
+        name = getattr(self.source, "name", type(self.source).__name__)
+        if label < 0:
+          raise UnlabelledError(f"example {index} of {name} has no label ({label}) but labels are "
+                                f"needed (num_classes={self.num_classes}); use a labelled split")
+        raise ValueError(f"label {label} of example {index} of {name} is out of range for "
+                         f"num_classes={self.num_classes}")
       rng = np.random.default_rng([self.seed, position, attempt, 7])
       try:
-        image = preprocess.preprocess(item, self.image_size, self.channels, self.random_crop,
-                                      self.random_flip, rng)
+        image = preprocess_example(item, self.image_size, self.channels, self.random_crop,
+                                   self.random_flip, rng)
         return image, label
       except Exception as e:  # pylint: disable=broad-except
         where = item if isinstance(item, str) else f"example {index}"
@@ -102,23 +117,47 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
     raise CorruptImageError(f"{_REPLACEMENT_TRIES} unreadable images in a row near position "
                             f"{position}; is the dataset corrupt?")
 
+  def _fill(self, images: np.ndarray, labels: np.ndarray, row: int, position: int) -> None:
+    """Writes the example at a stream position into row `row` of a batch (in a worker thread,
+    float conversion included, so that assembling a batch is no serial step)."""
+    image, label = self._load(position)
+    images[row] = to_float(image)
+    labels[row] = label
+
+  def _start(self, step: int):
+    """Submits this process's slice of global batch `step` to the workers."""
+    start = step * self.global_batch + self.offset
+    images = np.empty((self.local_batch, self.image_size, self.image_size, self.channels),
+                      np.float32)
+    labels = np.empty((self.local_batch,), np.int32)
+    jobs = [self._pool.submit(self._fill, images, labels, row, start + row)
+            for row in range(self.local_batch)]
+    return images, labels, jobs
+
+  @staticmethod
+  def _finish(pending) -> Dict[str, np.ndarray]:
+    images, labels, jobs = pending
+    for job in jobs:
+      job.result()  # the first failure, in row order
+    return {"image": images, "label": labels}
+
   def batch_at(self, step: int) -> Dict[str, np.ndarray]:
     """This process's slice of global batch `step` (synchronously)."""
-    start = step * self.global_batch + self.offset
-    results = list(self._pool.map(self._load, range(start, start + self.local_batch)))
-    images = np.stack([r[0] for r in results])
-    labels = np.asarray([r[1] for r in results], np.int32)
-    return {"image": preprocess.to_float(images), "label": labels}
+    return self._finish(self._start(step))
 
   # -------------------------------------------------------------- iteration
   def _produce(self):
     step = self._step
+    pending = None
     while not self._stop.is_set():
       try:
-        item = self.batch_at(step)
+        pending = pending or self._start(step)
+        following = self._start(step + 1)  # the workers go on while this batch is handed over
+        item = self._finish(pending)
+        pending = following
       except Exception as e:  # pylint: disable=broad-except
         item = e
-        # Stop decoding at once: the rest of this batch's images would be read for nothing.
+        # Stop decoding at once: the rest of these batches' images would be read for nothing.
         self._pool.shutdown(wait=False, cancel_futures=True)
       while not self._stop.is_set():
         try:

@@ -4,6 +4,7 @@ An image is either a uint8 array [H, W, C] or a path (decoded later, in the load
 worker threads, so that a corrupt file can be skipped or reported with its path).
 """
 import gzip
+import importlib
 import logging
 import os
 from typing import List, Optional, Sequence, Tuple
@@ -21,7 +22,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 
 
 class ArraySource:
-  """In-memory images [N, H, W(, C)] uint8 and labels [N]."""
+  """In-memory images [N, H, W(, C)] uint8 and labels [N] (None: unlabelled, all 0; a label of
+  -1 marks an unlabelled example)."""
 
   def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None,
                num_classes: Optional[int] = None, name: str = "arrays",
@@ -32,10 +34,12 @@ class ArraySource:
     if images.ndim != 4:
       raise ValueError(f"{name}: images must be [N, H, W] or [N, H, W, C], got {images.shape}")
     self.images = images
+    self.labelled = bool(labels is not None and not (len(labels) and np.min(labels) < 0))
     self.labels = np.zeros(len(images), np.int64) if labels is None else np.asarray(labels)
     if len(self.labels) != len(images):
       raise ValueError(f"{name}: {len(images)} images but {len(self.labels)} labels")
-    self.num_classes = int(num_classes or (self.labels.max() + 1 if len(self.labels) else 0))
+    most = max(int(self.labels.max()), 0) + 1 if len(self.labels) else 0
+    self.num_classes = int(num_classes or most)
     self.name = name
     self.class_names = list(class_names) if class_names else None
 
@@ -87,7 +91,8 @@ def fashion_mnist(split: str = "train", directory: str = "") -> ArraySource:
       return ArraySource(read_idx(images), read_idx(labels).astype(np.int64), 10,
                          name=f"fashion_mnist:{split}", class_names=FASHION_MNIST_CLASSES)
   if directory:
-    raise FileNotFoundError(f"data.fashion_mnist_dir={directory!r} holds no {prefix}-*-idx*-ubyte files")
+    raise FileNotFoundError(f"data.fashion_mnist_dir={directory!r} holds no "
+                            f"{prefix}-*-idx*-ubyte files")
   with np.load(EMBEDDED_FASHION_MNIST) as data:
     images, labels = data[f"{split}_images"], data[f"{split}_labels"]
   log.info("Fashion-MNIST %s: embedded subset (%d images); install Debian's "
@@ -101,7 +106,7 @@ class FolderSource:
   """Image files under a directory (recursive), labelled as the reference or by sub-folder.
 
   labels: 'prefix' (class = file name before the first '_', the reference's convention),
-  'subdir' (class = first-level sub-folder), or 'none' (all 0).
+  'subdir' (class = first-level sub-folder), or 'none' (all 0; `labelled` is False).
   """
 
   def __init__(self, directory: str, labels: str = "prefix"):
@@ -129,6 +134,7 @@ class FolderSource:
     self.labels = np.asarray([index[k] for k in keys], np.int64)
     self.num_classes = len(self.class_names)
     self.name = f"folder:{directory}"
+    self.labelled = labels != "none"
 
   def __len__(self):
     return len(self.paths)
@@ -138,45 +144,165 @@ class FolderSource:
 
 
 # ----------------------------------------------------------------------------- TFDS
+TFDS_README = "the README's section 'ImageNet data'"
+_PIP_NAMES = {"tensorflow_datasets": "tensorflow-datasets", "array_record": "array-record",
+              "importlib_resources": "importlib-resources"}
+_LABEL_PROBES = 4  # examples read to tell whether a TFDS split carries labels
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _import_error(e: BaseException, module: str) -> ImportError:
+  """One line naming the module that failed to import (e.name, else `module`) and the pip command,
+  for an ImportError or a version conflict inside tensorflow_datasets / array_record."""
+  import importlib.metadata as metadata  # pylint: disable=g-import-not-at-top
+  failed = getattr(e, "name", None) or module
+  top = failed.split(".")[0]
+  pip = _PIP_NAMES.get(top, top.replace("_", "-"))
+  versions = []
+  for dist in ("tensorflow-datasets", "array-record"):
+    try:
+      versions.append(f"{dist} {metadata.version(dist)}")
+    except metadata.PackageNotFoundError:
+      versions.append(f"{dist} not installed")
+  return ImportError(
+      f"data.name='tfds': importing {failed} failed ({type(e).__name__}: {_first_line(e)}; "
+      f"installed: {', '.join(versions)}); install or upgrade it: pip install -U {pip} "
+      f"(or pip install -U 'adm-jax[tfds]')")
+
+
+def _import_tfds():
+  """tensorflow_datasets, or an ImportError naming what failed and the pip command."""
+  module = "tensorflow_datasets"
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    module = "array_record.python.array_record_data_source"  # what tfds.data_source reads with
+    importlib.import_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (ImportError, or a version conflict)
+    raise _import_error(e, module) from None
+  return tfds
+
+
+def _not_prepared(name: str, split: str, where: str, cause: str) -> FileNotFoundError:
+  return FileNotFoundError(
+      f"TFDS dataset {name!r} (split {split!r}) is not prepared under {where} ({cause}). "
+      f"Prepare it once, in array_record format: `tfds build {name} --file_format=array_record "
+      f"--data_dir={where}` (imagenet2012: first put ILSVRC2012_img_train.tar and "
+      f"ILSVRC2012_img_val.tar in {where}/downloads/manual/), as {TFDS_README} says, or read an "
+      f"image tree with data.name=folder data.data_dir=DIR")
+
+
+def _versions_present(where: str, name: str) -> List[str]:
+  """Version folders holding a dataset_info.json under where/name (may be a gs:// path)."""
+  try:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    root = epath.Path(os.path.expanduser(where)) / name.split(":")[0]
+    if not root.is_dir():
+      return []
+    found = [path.parent for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")
+             for path in root.glob(pattern)]  # version/ or config/version/
+    return sorted(os.path.relpath(os.fspath(p), os.fspath(root)) for p in found)
+  except Exception:  # pylint: disable=broad-except
+    return []
+
+
+def _split_names(split: str) -> List[str]:
+  """The split names in a TFDS split expression ('train[:10%]+validation' -> train, validation)."""
+  return [part.split("[")[0].strip() for part in split.split("+")]
+
+
 class TfdsSource:
-  """A TFDS dataset read through `tfds.data_source` (array_record; no TensorFlow needed)."""
+  """A prepared TFDS dataset read at random through its builder's data source (array_record or
+  parquet; no TensorFlow).
+
+  Never downloads or prepares (nothing is written under data_dir or ~/tensorflow_datasets);
+  images come out encoded (bytes) and are decoded by the loader with PIL, as the reference does.
+  split_key names the config key of the split in messages (e.g. data.eval_split).
+  """
 
   def __init__(self, name: str, split: str, data_dir: Optional[str] = None,
-               image_key: str = "image", label_key: str = "label"):
+               image_key: str = "image", label_key: str = "label",
+               split_key: str = "split"):
+    tfds = _import_tfds()
+    where = data_dir or getattr(getattr(tfds.core, "constants", None), "DATA_DIR",
+                                "~/tensorflow_datasets")
     try:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise ImportError("data.name='tfds' needs tensorflow_datasets (pip install "
-                        "tensorflow-datasets array-record); TensorFlow itself is not needed") from None
+      builder = tfds.builder(name, data_dir=data_dir or None)
+      prepared = builder.is_prepared()
+    except ImportError as e:
+      raise _import_error(e, "tensorflow_datasets") from None
+    except Exception as e:  # pylint: disable=broad-except  (unknown name: DatasetNotFoundError)
+      cause = f"{type(e).__name__}: {_first_line(e)}"
+      if type(e).__name__ == "DatasetNotFoundError":
+        cause = (f"tensorflow_datasets has no builder named {name!r} and no copy is there; "
+                 "check data.tfds_name")
+      raise _not_prepared(name, split, where, cause) from None
+    if not prepared:
+      found = _versions_present(where, name)
+      cause = (f"no {builder.info.full_name}/dataset_info.json; versions present: "
+               f"{', '.join(found)} (pick one with data.tfds_name='{name.split(':')[0]}:VERSION')"
+               if found else f"no {builder.info.full_name}/dataset_info.json")
+      raise _not_prepared(name, split, where, cause)
+    info = builder.info
+    file_format = getattr(info.file_format, "value", info.file_format)
+    if file_format not in ("array_record", "parquet"):
+      raise ValueError(
+          f"TFDS dataset {name!r} under {where} is prepared as {file_format}, which "
+          f"tfds.data_source cannot read at random: convert it once with `tfds convert_format "
+          f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record` (needs "
+          f"TensorFlow) or rebuild it with --file_format=array_record")
+    missing = [s for s in _split_names(split) if s not in info.splits]
+    if missing:
+      raise ValueError(f"{split_key}={split!r}: {name} has no split {missing[0]!r} (its splits: "
+                       f"{', '.join(sorted(info.splits))})")
+    if image_key not in info.features:
+      raise ValueError(f"data.image_key={image_key!r} is not a feature of {name} (its features: "
+                       f"{', '.join(sorted(info.features))})")
+    decoders = ({image_key: tfds.decode.SkipDecoding()}
+                if isinstance(info.features[image_key], tfds.features.Image) else None)
     try:
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
-    except Exception as e:  # pylint: disable=broad-except  (TFDS raises several kinds)
-      where = data_dir or "~/tensorflow_datasets"
-      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-      raise FileNotFoundError(
-          f"TFDS dataset {name!r} (split {split!r}) is not prepared under {where} "
-          f"({type(e).__name__}: {first_line}). Prepare it once, in array_record format: "
-          f"`tfds build {name} --file_format=array_record --data_dir={where}` (imagenet2012: "
-          f"first put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
-          f"{where}/downloads/manual/; see the README's 'ImageNet data'), or read an image "
-          f"tree with data.name=folder data.data_dir=DIR") from None
+      self.source = builder.as_data_source(split=split, decoders=decoders)
+    except ImportError as e:
+      raise _import_error(e, "array_record") from None
     self.image_key, self.label_key = image_key, label_key
-    info = getattr(self.source, "dataset_info", None)
-    feature = info.features[label_key] if info is not None and label_key in info.features else None
+    self.dataset_info = info
+    feature = info.features[label_key] if label_key in info.features else None
     self.num_classes = int(getattr(feature, "num_classes", 0) or 0)
     self.class_names = list(getattr(feature, "names", None) or []) or None
     self.name = f"tfds:{name}:{split}"
+    self.split = split
+    self._labelled: Optional[bool] = None
 
   def __len__(self):
     return len(self.source)
 
   def __getitem__(self, i):
+    """(encoded image bytes or uint8 array [H, W, C], label; -1 where the split has none)."""
     record = self.source[int(i)]
-    label = int(record[self.label_key]) if self.label_key in record else 0
+    label = int(record[self.label_key]) if self.label_key in record else -1
     image = record[self.image_key]
     if isinstance(image, bytes):
       return image, label  # encoded; decoded by the loader
     return np.asarray(image), label
+
+  @property
+  def labelled(self) -> bool:
+    """Whether the split carries labels: a label feature and no -1 among its first examples
+    (imagenet2012's test split holds -1 everywhere)."""
+    if self._labelled is None:
+      has_feature = self.label_key in self.dataset_info.features
+      probes = range(min(_LABEL_PROBES, len(self)))
+      self._labelled = bool(has_feature and len(self) and
+                            all(int(self.source[i][self.label_key]) >= 0 for i in probes))
+    return self._labelled
+
+
+def split_is_labelled(source) -> bool:
+  """Whether a source's examples carry class labels (cheap: no image is decoded). Sources that
+  do not say (user-made ones) count as labelled."""
+  return bool(getattr(source, "labelled", True))
 
 
 def describe(source) -> Tuple[str, int]:
