@@ -26,6 +26,8 @@ from adm_jax import config_base
 from adm_jax import memory_plan
 from adm_jax import xla_env
 from adm_jax.benchmarks import compare
+from adm_jax.data import sources
+from adm_jax.data import throughput
 from adm_jax.benchmarks import memory
 from adm_jax.benchmarks import profile
 from adm_jax.benchmarks import timing
@@ -33,7 +35,7 @@ from adm_jax.training import update
 
 DEFAULT_CONFIG = "bench32"  # configs/bench32.py
 
-_PRESET = flags.DEFINE_string("preset", "cpu_quick", "cpu_quick | bench32 | memory")
+_PRESET = flags.DEFINE_string("preset", "cpu_quick", "cpu_quick | bench32 | memory | data")
 _CONFIG = flags.DEFINE_string("config", "", "A config name or file, or a reference-style JSON "
                               f"(default: {DEFAULT_CONFIG}).")
 _BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
@@ -63,12 +65,17 @@ _PLAN_POLICIES = flags.DEFINE_list("plan_policies", ["none", "convs_saveable"],
 _PLAN_KINDS = flags.DEFINE_list("plan_devices", list(memory_plan.DEVICE_KINDS),
                                 f"Device kinds of the plan: {', '.join(memory_plan.DEVICE_KINDS)}, "
                                 "or COUNTxGIB (e.g. 8x96).")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", "", "--preset=data: a TFDS data_dir holding imagenet2012 (its train split); "
+    "empty: synthetic JPEGs of ImageNet's size mix.")
+_DATA_SECONDS = flags.DEFINE_float("data_seconds", 10.0, "--preset=data: seconds per point.")
 _MEMORY_CONFIGS = flags.DEFINE_list("memory_configs", [], "Configs for --preset=memory "
                                     "(names in configs/; default: every released one).")
 
 PRESETS = {"cpu_quick": dict(repeats=3, sample_steps=5, warmup=1),
            "bench32": dict(repeats=10, sample_steps=12, warmup=2),
-           "memory": dict(repeats=0, sample_steps=0, warmup=0)}
+           "memory": dict(repeats=0, sample_steps=0, warmup=0),
+           "data": dict(repeats=0, sample_steps=0, warmup=0)}
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -98,6 +105,15 @@ def main(argv):
                                         _DTYPE.value)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
+  elif _PRESET.value == "data":
+    source = (sources.TfdsSource("imagenet2012", "train", _DATA_DIR.value) if _DATA_DIR.value
+              else throughput.BytesSource.imagenet_like(300))
+    print(f"# decoded + preprocessed images/s of {source.name} ({len(source)} images)", flush=True)
+    results["data"] = throughput.table(source, sizes=(64, 128, 256, 512),
+                                       workers=sorted({1, os.cpu_count() or 1}),
+                                       seconds=_DATA_SECONDS.value)
+    for row in results["data"]:
+      print(json.dumps(row), flush=True)
   elif _PRESET.value == "memory":
     results["memory"] = memory.bench_memory(tuple(_MEMORY_CONFIGS.value) or memory.RELEASED)
     memory.print_memory_table(results["memory"])

@@ -6,11 +6,13 @@ channels, guidance scales, log / checkpoint intervals, float16 training, the wor
 raises `ConfigError` (a ValueError) naming the key, the value and what is allowed.
 """
 import logging
+import os
 from typing import Optional
 
 import jax
 
 from adm_jax import data as data_lib
+from adm_jax import evaluation
 from adm_jax import diffusion as diff
 from adm_jax import networks
 from adm_jax import sampling
@@ -155,6 +157,39 @@ def validate_source(config, mode: str, source) -> None:
              f"classes; set model.num_classes >= {classes}")
 
 
+def validate_labels(config, mode: str, source_of) -> None:
+  """Refuses, before any work, a mode that needs labels on a split without them (an imagenet2012
+  test split: label -1). source_of(split) -> the data source of 'train' or 'eval'."""
+  if mode == "train_classifier":
+    needs = ["train", "eval"]
+  elif mode in ("train", "nll") and config.model.class_cond:
+    needs = ["train"] if mode == "train" else ["eval"]
+  else:
+    needs = []
+  for split in needs:
+    source = source_of(split)
+    _require(data_lib.split_is_labelled(source), data_lib.unlabelled_message(config.data, split,
+                                                                             source))
+
+
+def validate_labels(config, mode: str, source_of) -> None:
+  """Refuses, before any work, a mode that needs labels on a split without them (imagenet2012's
+  test split: label -1). source_of(split) -> the data source of 'train' or 'test' (the eval
+  split). Unlabelled splits stay usable where no label is read (FID reference statistics)."""
+  if mode == "train_classifier":
+    needs = ["train", "test"]  # its training batches and its validation pass
+  elif mode == "train" and config.model.class_cond:
+    needs = ["train"]
+  elif mode == "nll" and config.model.class_cond:
+    needs = ["train" if config.sample.nll_split == "train" else "test"]
+  else:
+    needs = []
+  for split in needs:
+    source = source_of(split)
+    _require(data_lib.split_is_labelled(source),
+             data_lib.unlabelled_message(config.data, split, source))
+
+
 def _validate_sampling(config, mode: str, devices: int) -> None:
   s, m = config.sample, config.model
   _require(s.classifier_scale >= 0, f"sample.classifier_scale={s.classifier_scale} must be >= 0")
@@ -174,3 +209,13 @@ def _validate_sampling(config, mode: str, devices: int) -> None:
                f"model.num_classes={m.num_classes}: the classifier cannot guide every class")
   if mode == "nll":
     _positive(config, "sample.nll_batches")
+  if mode == "eval":
+    _require(s.feature_net in evaluation.FEATURE_NETS,
+             f"sample.feature_net={s.feature_net!r} must be one of "
+             f"{', '.join(evaluation.FEATURE_NETS)}")
+    if s.feature_net == "inception_v3":
+      _require(bool(s.inception_weights),
+               "sample.feature_net='inception_v3' needs sample.inception_weights: the path of "
+               "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)")
+      _require(os.path.isfile(s.inception_weights),
+               f"sample.inception_weights={s.inception_weights!r} is not a file")

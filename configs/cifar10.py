@@ -19,5 +19,5 @@ def get_config():
                      schedule_sampler="uniform")
   c.data.update(name="tfds", tfds_name="cifar10", random_flip=True)
   c.train.update(batch_size=128, lr=1e-4, num_steps=500000, ema_rate="0.9999")
-  c.sample.update(timestep_respacing="250")
+  c.sample.update(timestep_respacing="250", feature_net="inception_v3")
   return c

@@ -41,5 +41,6 @@ def get_config(resolution: str = "128"):
                 eval_split="validation")
   c.train.update(batch_size=row["batch_size"], lr=row["lr"], num_steps=row["num_steps"],
                  ema_rate="0.9999")
-  c.sample.update(timestep_respacing="250", classifier_scale=row["classifier_scale"])
+  c.sample.update(timestep_respacing="250", classifier_scale=row["classifier_scale"],
+                  feature_net="inception_v3")
   return c

@@ -14,5 +14,5 @@ def get_config():
   c.model.update(dtype="bfloat16")
   c.data.update(name="folder", folder_labels="none", random_flip=True)
   c.train.update(batch_size=256, lr=1e-4, num_steps=2000000, ema_rate="0.9999")
-  c.sample.update(timestep_respacing="1000")
+  c.sample.update(timestep_respacing="1000", feature_net="inception_v3")
   return c

@@ -17,5 +17,5 @@ def get_config():
   c.model.update(dtype="bfloat16", use_checkpoint=True)
   c.data.update(name="tfds", tfds_name="imagenet2012", random_flip=False, eval_split="validation")
   c.train.update(batch_size=256, lr=1e-4, num_steps=500000, ema_rate="0.9999")
-  c.sample.update(timestep_respacing="250")
+  c.sample.update(timestep_respacing="250", feature_net="inception_v3")
   return c

@@ -98,6 +98,18 @@ def fx(request):
   return load_fixture(request.param)
 
 
+@pytest.fixture(scope="session")
+def imagenet_standin_dir(tmp_path_factory):
+  """A prepared TFDS imagenet2012 stand-in (tests/imagenet_standin.py; read by the real
+  tensorflow_datasets, no TensorFlow): ImageNet-sized JPEGs, test split labelled -1."""
+  pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("array_record")
+  import imagenet_standin  # pylint: disable=g-import-not-at-top  (tests/ is on the path)
+  directory = tmp_path_factory.mktemp("imagenet2012_standin")
+  imagenet_standin.write_imagenet2012_standin(str(directory))
+  return str(directory)
+
+
 def nchw_to_nhwc(x):
   return np.transpose(np.asarray(x), (0, 2, 3, 1))
 

@@ -22,12 +22,10 @@ pytest.importorskip("array_record")
 import imagenet_standin  # noqa: E402  (tests/ is on pytest's pythonpath)
 
 
-@pytest.fixture(scope="module")
-def imagenet_dir(tmp_path_factory):
-  """A prepared imagenet2012 stand-in (imagenet_standin.DEFAULT_SPLITS examples)."""
-  directory = tmp_path_factory.mktemp("tfds")
-  imagenet_standin.write_imagenet2012_standin(directory)
-  return str(directory)
+@pytest.fixture
+def imagenet_dir(imagenet_standin_dir):
+  """The session's imagenet2012 stand-in (conftest; imagenet_standin.DEFAULT_SPLITS examples)."""
+  return imagenet_standin_dir
 
 
 def cfg(data_dir, **kw):

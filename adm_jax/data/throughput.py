@@ -15,9 +15,9 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 
 from adm_jax.data import loader
+from adm_jax.data import sources
 from adm_jax.data import synthetic
 from adm_jax.data.preprocess import preprocess as preprocess_example
 
@@ -131,7 +131,6 @@ def main(argv=None):
                       help="also bare decode+preprocess: 1 thread vs N threads vs N processes")
   args = parser.parse_args(argv)
   if args.tfds_dir:
-    from adm_jax.data import sources  # pylint: disable=g-import-not-at-top
     source = sources.TfdsSource("imagenet2012", "train", args.tfds_dir)
   else:
     source = BytesSource.imagenet_like(args.images)

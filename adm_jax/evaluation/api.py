@@ -5,6 +5,7 @@ The reference side may also be a statistics npz written by `save_reference_stats
 (mu, sigma, spatial_mu, spatial_sigma; the raw pool features for precision/recall).
 Every result names the feature network that produced it.
 """
+import functools
 import hashlib
 import logging
 import os
@@ -39,7 +40,10 @@ def load_batch(path: str) -> Dict[str, np.ndarray]:
   return {"images": images, "labels": labels}
 
 
+@functools.lru_cache(maxsize=4)
 def _extractor(name: str, inception_weights: Optional[str]):
+  """The jitted feature function of a network (kept per process: one compilation per network
+  and weights file, whatever the number of evaluations)."""
   if name == feature_net.NAME:
     module, params = feature_net.load()
     return feature_net.make_feature_fn(params, module)

@@ -8,6 +8,7 @@ from typing import Sequence
 from adm_jax import data as data_lib
 from adm_jax import evaluation
 from adm_jax import report as report_lib
+from adm_jax import validation
 from adm_jax.modes import sample
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
   """
   del mesh, overrides  # the feature networks run on the default device; no model is built
   started = time.perf_counter()
+  validation.validate(config, "eval", devices=1)
   scfg = config.sample
   out_dir = sample.output_dir(config, workdir)
   sample_npz = scfg.sample_npz or newest_samples(out_dir)

@@ -33,6 +33,8 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
   mesh = mesh or shd.create_mesh(1)
   validation.validate(config, "nll", workdir, devices=mesh.size)
   config, network, params, step = restore.sampling_model(config, workdir, mesh, overrides)
+  source = data_lib.create_source(config.data, scfg.nll_split)
+  validation.validate_labels(config, "nll", lambda split: source)
   gd = diff.respaced(networks.diffusion_process(config), config.diffusion.timestep_respacing)
   cond = config.model.class_cond
 
@@ -44,7 +46,8 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
   batches = data_lib.create_data_iterator(
       config.data, global_batch_size=scfg.batch_size, image_size=config.model.image_size,
       seed=scfg.seed, start_step=0, process_index=jax.process_index(),
-      process_count=jax.process_count(), split=scfg.nll_split)
+      process_count=jax.process_count(), split=scfg.nll_split, source=source,
+      num_classes=config.model.num_classes if cond else None)
   totals = {"total_bpd": [], "prior_bpd": [], "vb": [], "xstart_mse": [], "mse": []}
   try:
     for i in tqdm.trange(scfg.nll_batches, desc="nll", disable=jax.process_index() != 0):

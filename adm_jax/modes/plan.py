@@ -30,6 +30,7 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
   try:
     source = experiment.data_source(config.data, "train")
     validation.validate_source(config, "train", source)
+    validation.validate_labels(config, "train", lambda split: source)
     report.notes.append(f"data: {getattr(source, 'name', config.data.name)}, {len(source)} "
                         f"images, {getattr(source, 'num_classes', '?')} classes")
   except (FileNotFoundError, ImportError, ValueError) as e:

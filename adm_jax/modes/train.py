@@ -67,6 +67,8 @@ def _train(config, workdir, mesh, exp, kind) -> report_lib.RunReport:
                if kind is experiment_lib.ClassifierExperiment else workdir)
   with workdir_lib.WorkdirLock(directory, kind.mode, jax.process_index()):
     validation.validate_source(config, kind.mode, experiment_lib.data_source(config.data, "train"))
+    validation.validate_labels(config, kind.mode,
+                               lambda split: experiment_lib.data_source(config.data, split))
     if exp is None:
       exp = experiment_lib.builder(kind.mode)(config, mesh)
     else:
