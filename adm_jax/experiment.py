@@ -237,11 +237,12 @@ def build_classifier(config: ml_collections.ConfigDict, mesh=None, *,
 
 # ----------------------------------------------------------------------------- training runs
 def sampler_spec(name: str, steps: int, respacing: str = "", eta: float = 0.0,
-                 time_schedule: str = "time_uniform", thresholding: bool = False
-                 ) -> sampling.SamplerSpec:
+                 time_schedule: str = "time_uniform", thresholding: bool = False,
+                 order: int = 0, variant: str = "") -> sampling.SamplerSpec:
   return sampling.SamplerSpec(name=name, steps=int(steps), timestep_respacing=str(respacing),
                               eta=float(eta), time_schedule=str(time_schedule),
-                              thresholding=bool(thresholding))
+                              thresholding=bool(thresholding), order=int(order),
+                              variant=str(variant))
 
 
 def grid_hook(exp: Experiment, workdir: str) -> Optional[loop_lib.Hook]:
@@ -253,7 +254,8 @@ def grid_hook(exp: Experiment, workdir: str) -> Optional[loop_lib.Hook]:
   sample_fn = sampling.make_sample_fn(
       lambda p, x, tt, y, **kw: exp.apply_fn(p, x, tt, y, **kw), exp.diffusion, exp.image_shape,
       sampler_spec(t.grid_sampler, t.grid_steps, t.grid_respacing,
-                   time_schedule=t.grid_time_schedule),
+                   time_schedule=t.grid_time_schedule, order=t.grid_solver_order,
+                   variant=t.grid_unipc_variant),
       class_cond=cfg.model.class_cond, cfg_scale=scale, null_label=cfg.model.num_classes,
       out_shardings=shd.replicated(exp.mesh))
   kwargs_fn = model_kwargs_fn(cfg)

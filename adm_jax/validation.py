@@ -118,7 +118,8 @@ def _validate_training(config, devices: int) -> None:
     update.microbatch_count(t.batch_size, t.microbatch, devices)
     if t.grid_samples:
       sampling.SamplerSpec(t.grid_sampler, t.grid_steps, t.grid_respacing,
-                           time_schedule=t.grid_time_schedule).check(_process(config))
+                           time_schedule=t.grid_time_schedule, order=t.grid_solver_order,
+                           variant=t.grid_unipc_variant).check(_process(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -166,7 +167,7 @@ def _validate_sampling(config, mode: str, devices: int) -> None:
   if mode == "sample":
     try:
       sampling.SamplerSpec(s.sampler, s.steps, s.timestep_respacing, s.eta, s.time_schedule,
-                           s.thresholding).check(_process(config))
+                           s.thresholding, s.solver_order, s.unipc_variant).check(_process(config))
     except ValueError as e:
       raise ConfigError(f"sample: {e}") from None
     if s.classifier_scale and m.class_cond and not s.classifier_path:
