@@ -102,6 +102,21 @@ def test_guided_sampling_modes(workdir):
       assert not np.array_equal(out["arr_0"], base), kw  # so only the classifier moves pixels
 
 
+def test_unipc_sampler(workdir):
+  """sample.sampler=unipc with sample.solver_order / unipc_variant; the variant keys the parts."""
+  kw = dict(sampler="unipc", steps=3, solver_order=2, labels="3")
+  config = sample_config(output_dir="unipc", unipc_variant="bh1", **kw)
+  spec = sample.sampler_spec(config)
+  assert (spec.name, spec.steps, spec.order, spec.variant) == ("unipc", 3, 2, "bh1")
+  bh1_path = samples_of(config, workdir)
+  bh2_path = samples_of(sample_config(output_dir="unipc", unipc_variant="bh2", **kw), workdir)
+  # another variant is another file (a 2-step model's uint8 images may not tell them apart)
+  assert bh1_path != bh2_path
+  for path in (bh1_path, bh2_path):
+    with np.load(path) as out:
+      assert out["arr_0"].shape == (6, 8, 8, 1) and (out["arr_1"] == 3).all()
+
+
 def test_eval_mode_logs_writes_json_and_names_its_reference(tmp_path, caplog):
   # fmnist_cnn_v1 takes 32x32 images: six real training images stand in for samples.
   config = sample_config(output_dir="ev")
