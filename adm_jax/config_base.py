@@ -145,6 +145,8 @@ def train_defaults() -> ml_collections.ConfigDict:
       grid_steps=0,                  # grid sampler's network evaluations (0: grid_timestep_respacing)
       grid_timestep_respacing="ddim50",       # respacing of a ddpm / ddim grid when grid_steps is 0
       grid_time_schedule="time_uniform",  # time schedule of a solver grid (as sample.time_schedule)
+      grid_solver_order=0,           # order of a unipc grid (as sample.solver_order)
+      grid_unipc_variant="",         # variant of a unipc grid (as sample.unipc_variant)
       grid_cfg_scale=0.0,            # classifier-free guidance scale of the grids
       progress=True,                 # progress bar
       tensorboard=True,              # also write TensorBoard summaries when TensorFlow is installed
@@ -156,11 +158,13 @@ def sample_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       num_samples=10000,             # images to sample
       batch_size=64,                 # images per sampling call (split over devices)
-      sampler="ddpm",                # ddpm (ancestral) | ddim | dpmpp_1 | dpmpp_2m | dpmpp_3m | dpmpp_2s | sde_dpmpp_2m | plms
+      sampler="ddpm",                # ddpm (ancestral) | ddim | dpmpp_1 | dpmpp_2m | dpmpp_3m | dpmpp_2s | sde_dpmpp_2m | plms | unipc
       steps=0,                       # network evaluations per image (0: timestep_respacing; solvers need >= 1)
       timestep_respacing="250",      # respacing of ddpm / ddim when steps is 0
       time_schedule="time_uniform",  # solvers: time_uniform | logsnr | time_quadratic | karras
       thresholding=False,            # solvers: Imagen's dynamic thresholding of x_0
+      solver_order=0,                # unipc: order 1 | 2 | 3 (0: 3 unguided, 2 guided)
+      unipc_variant="",              # unipc: bh1 | bh2 ("": bh2)
       eta=0.0,                       # DDIM noise (0: deterministic)
       use_ema=True,                  # sample with the EMA parameters
       ema_index=-1,                  # which EMA rate (index into train.ema_rate)

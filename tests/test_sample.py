@@ -9,6 +9,7 @@ import pytest
 
 from adm_jax import data as data_lib
 from adm_jax import evaluation
+from adm_jax import sampling
 from adm_jax import validation
 from adm_jax.modes import evaluate
 from adm_jax.modes import nll
@@ -93,6 +94,21 @@ def test_sampling_builds_the_networks_it_was_trained_with(tmp_path):
       sample.run(config, tiny.trained_workdir(), tiny.MESH, overrides=[key])
     message = str(refused.value)
     assert f"{key}=64 (command line) but 32 in training" in message and "\n" not in message
+
+
+def test_unipc_sampler(tmp_path):
+  """sample.sampler=unipc with sample.solver_order / unipc_variant; the variant keys the parts."""
+  kw = dict(sampler="unipc", steps=3, solver_order=2, labels="3")
+  config = tiny.sample_config(unipc_variant="bh1", **kw)
+  spec = sampling.SamplerSpec.from_config(config.sample)
+  assert (spec.name, spec.steps, spec.order, spec.variant) == ("unipc", 3, 2, "bh1")
+  bh1_path = samples_of(tmp_path, "unipc", unipc_variant="bh1", **kw)
+  bh2_path = samples_of(tmp_path, "unipc", unipc_variant="bh2", **kw)
+  # another variant is another file (a 4-step model's uint8 images may not tell them apart)
+  assert bh1_path != bh2_path
+  for path in (bh1_path, bh2_path):
+    with np.load(path) as out:
+      assert out["arr_0"].shape == (6, 8, 8, 1) and (out["arr_1"] == 3).all()
 
 
 def test_eval_mode_logs_writes_json_and_names_its_reference(tmp_path, caplog):

@@ -21,8 +21,8 @@ from adm_jax.diffusion.schedules import (  # noqa: F401
     NOISE_SCHEDULES, betas_from_alpha_bar, get_named_beta_schedule, respace_betas,
     space_timesteps)
 from adm_jax.diffusion.solvers import (  # noqa: F401
-    SOLVERS, TIME_SCHEDULES, SolverPlan, dynamic_threshold, run_solver_plan, solver_plan,
-    solver_sample_loop)
+    SOLVERS, TIME_SCHEDULES, UNIPC_VARIANT, UNIPC_VARIANTS, SolverPlan, dynamic_threshold,
+    run_solver_plan, solver_plan, solver_sample_loop, unipc_default_order)
 from adm_jax.diffusion.time_grids import DiscreteTimeSchedule, time_grid  # noqa: F401
 from adm_jax.diffusion.timestep_sampling import (  # noqa: F401
     LossHistory, ScheduleSampler, create_named_schedule_sampler)

@@ -1,4 +1,5 @@
-"""Fast samplers for a discrete-time process: DPM-Solver++ (1, 2M, 3M, 2S), SDE-DPM-Solver++(2M), PLMS.
+"""Fast samplers for a discrete-time process: DPM-Solver++ (1, 2M, 3M, 2S),
+SDE-DPM-Solver++(2M), PLMS, UniPC (bh1, bh2; orders 1-3).
 
 Each solver is ONE sampling loop over `lax.scan`. What it does at each network call (where
 the network is evaluated, which earlier predictions it combines with which weights, whether
@@ -27,10 +28,31 @@ classifier forward and backward; `denoise_to_zero=True` adds one call):
   plms          pseudo linear multistep (PNDM's PLMS as latent-diffusion / diffusers with
                 skip_prk_steps): steps calls over steps - 1 steps; the first step is an
                 improved-Euler warm-up costing 2 calls, then Adams-Bashforth 2, 3, 4 on eps.
+  unipc         UniPC (Zhao et al. 2023): multistep, data prediction, variant bh1 or bh2 (the
+                paper's B(h) = h or e^h - 1), order 1-3, UniC corrector (see "UniPC" below):
+                steps calls, steps steps.
 Every call: eps_hat = eps - sigma_t cond_fn(x, t), x0 = (x - sigma_t eps_hat) / alpha_t, then
 the x0 corrections (dynamic thresholding, clipping); PLMS combines the eps re-derived from the
 corrected x0 (as ADM's DDIM). Grids end at t = 1/N (step 0), without a jump to sigma = 0
 unless `denoise_to_zero`. The SDE's last step also adds noise (sigma_{1/N} > 0).
+
+UniPC, as the official wl-zhao/UniPC `uni_pc.py` (multistep, algorithm_type 'data_prediction').
+A step s -> t of the grid t_0 > ... > t_n, h = lambda_t - lambda_s, m = x0 predictions:
+  predictor UniP-p: x_t = sigma_t/sigma_s x_s + alpha_t (1 - e^-h) m_s
+                          - alpha_t B sum_k rho_k (m_{s_k} - m_s) / r_k
+  over the p - 1 earlier points s_k, r_k = (lambda_{s_k} - lambda_s) / h, B = -h (bh1) or
+  e^-h - 1 (bh2); corrector UniC-p: the same with the new point t (r = 1, m_t taken at the
+  predicted x_t) among the nodes. rho solves sum_k rho_k r_k^(i-1) = i! (-h) phi_{i+1}(-h) / B,
+  i = 1 .. #nodes (phi_1(z) = (e^z - 1)/z, phi_{i+1}(z) = (phi_i(z) - 1/i!)/z), except the
+  official's fixed rho = 1/2 of the order-2 predictor and of the order-1 corrector.
+  The call at t_j evaluates the network at the predicted x_j; its x0 corrects x_j (the state)
+  and predicts x_{j+1} (the next call's input), so NFE = steps: the first call only predicts,
+  and the last step is not corrected (the official default).
+  Orders: step k runs min(order, k), and with lower_order_final also <= n + 1 - k for EVERY n
+  (not only below 10 steps as DPM-Solver), so the last step is always first order.
+  Default order (None here, 0 in SamplerSpec): UNIPC_ORDER (3), UNIPC_GUIDED_ORDER (2) when
+  guided (the authors' advice), at most steps. corrector=False runs the predictor UniP alone:
+  order 1 is then DPM-Solver++(1) (DDIM), order 2 with bh2 DPM-Solver++(2M).
 """
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
@@ -43,10 +65,14 @@ from adm_jax.diffusion import gaussian as g
 from adm_jax.diffusion import time_grids as tg
 from adm_jax.diffusion.samplers import _initial_noise
 
-SOLVERS = ("dpmpp_1", "dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "sde_dpmpp_2m", "plms")
+SOLVERS = ("dpmpp_1", "dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "sde_dpmpp_2m", "plms", "unipc")
 TIME_SCHEDULES = tg.TIME_SCHEDULES
+UNIPC_VARIANTS, UNIPC_ORDERS = ("bh1", "bh2"), (1, 2, 3)
+# Defaults: the authors' advice (UniPC paper; diffusers' UniPCMultistepScheduler, which they
+# wrote): order 3 for unconditional and 2 for guided sampling, B(h) = e^h - 1.
+UNIPC_ORDER, UNIPC_GUIDED_ORDER, UNIPC_VARIANT = 3, 2, "bh2"
 _MIN_STEPS = {"dpmpp_1": 1, "dpmpp_2m": 2, "dpmpp_3m": 3, "dpmpp_2s": 1, "sde_dpmpp_2m": 2,
-              "plms": 2}
+              "plms": 2, "unipc": 1}
 _WHY_MIN = {"dpmpp_2m": "its multistep warm-up uses orders 1, 2",
             "dpmpp_3m": "its multistep warm-up uses orders 1, 2, 3",
             "sde_dpmpp_2m": "its multistep warm-up uses orders 1, 2",
@@ -56,7 +82,7 @@ THRESHOLD_RATIO, THRESHOLD_MAX = 0.995, 1.0
 _ADAMS_BASHFORTH = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12),
                     (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 _ARRAY_KEYS = ("t_model", "alpha", "sigma", "x_coef", "coefs", "noise_coef", "advance", "push",
-               "eps_mode")
+               "eps_mode", "eval_x_coef", "eval_coefs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,15 +92,20 @@ class SolverPlan:
   arrays: per call i, the eval point (t_model, alpha, sigma [nfe]); the update
     x_next = x_coef x_base + sum_k coefs[i, k] P_k + noise_coef z_i, where P_0 is this call's
     prediction (x0, or eps where eps_mode) and P_1.. the earlier pushed ones ([nfe, 1 + H]);
-    advance (x_base <- x_next: the call ends a solver step) and push (P_0 enters the history).
+    advance (x_base <- x_next: the call ends a solver step) and push (P_0 enters the history);
+    the next call's input x_eval = eval_x_coef x_next + sum_k eval_coefs[i, k] P_k (x_next
+    itself except for UniPC, whose x_next is the corrected state and x_eval its prediction;
+    x_eval after the last call is the sample).
   times [S + 1]: t at the start and after each of the S solver steps; orders [S];
-  step_ends [S]: the call that ends each step.
+  step_ends [S]: the call that ends each step; step_states [S]: where each step's x is among
+  the calls' x_next (i < nfe) and x_eval (nfe + i), e.g. the last step of UniPC: 2 nfe - 1.
   """
   solver: str
   steps: int
   times: np.ndarray
   orders: np.ndarray
   step_ends: np.ndarray
+  step_states: np.ndarray
   arrays: Dict[str, np.ndarray]
 
   @property
@@ -88,12 +119,14 @@ class SolverPlan:
   def with_history(self, history: int) -> "SolverPlan":
     """The same plan with `history` earlier predictions kept (zero weights pad), so plans of
     different solvers have the same array shapes and can share one compiled loop."""
-    coefs = self.arrays["coefs"]
-    if history < coefs.shape[1] - 1:
-      raise ValueError(f"history={history} is below this plan's {coefs.shape[1] - 1}")
-    padded = np.zeros((coefs.shape[0], history + 1))
-    padded[:, :coefs.shape[1]] = coefs
-    return dataclasses.replace(self, arrays=dict(self.arrays, coefs=padded))
+    width = self.arrays["coefs"].shape[1]
+    if history < width - 1:
+      raise ValueError(f"history={history} is below this plan's {width - 1}")
+    padded = {}
+    for key in ("coefs", "eval_coefs"):
+      padded[key] = np.zeros((self.nfe, history + 1))
+      padded[key][:, :width] = self.arrays[key]
+    return dataclasses.replace(self, arrays=dict(self.arrays, **padded))
 
 
 class _Calls:
@@ -102,20 +135,40 @@ class _Calls:
   def __init__(self):
     self.rows = []
 
-  def add(self, t, x_coef, coefs, *, advance, push=True, eps_mode=False, noise=0.0):
-    self.rows.append((float(t), float(x_coef), np.asarray(coefs, np.float64), float(noise),
-                      float(advance), float(push), float(eps_mode)))
+  def add(self, t, x_coef, coefs, *, advance, push=True, eps_mode=False, noise=0.0,
+          eval_x_coef=1.0, eval_coefs=(), eval_ends_step=False):
+    self.rows.append(dict(
+        t=float(t), x_coef=float(x_coef), coefs=np.asarray(coefs, np.float64),
+        noise_coef=float(noise), advance=float(advance), push=float(push),
+        eps_mode=float(eps_mode), eval_x_coef=float(eval_x_coef),
+        eval_coefs=np.asarray(eval_coefs, np.float64), eval_ends_step=bool(eval_ends_step)))
 
   def arrays(self, schedule: tg.DiscreteTimeSchedule, time_scale: float):
-    t = np.array([r[0] for r in self.rows])
-    width = max(np.flatnonzero(r[2]).max(initial=0) + 1 for r in self.rows)
-    coefs = np.zeros((len(self.rows), width))
+    t = np.array([r["t"] for r in self.rows])
+    width = max(np.flatnonzero(r[k]).max(initial=0) + 1
+                for r in self.rows for k in ("coefs", "eval_coefs"))
+    out = {"t_model": schedule.step_index(t) * time_scale, "alpha": schedule.alpha(t),
+           "sigma": schedule.sigma(t)}
+    for key in ("coefs", "eval_coefs"):
+      out[key] = np.zeros((len(self.rows), width))
+      for i, r in enumerate(self.rows):
+        out[key][i, :min(width, r[key].size)] = r[key][:width]
+    for key in ("x_coef", "noise_coef", "advance", "push", "eps_mode", "eval_x_coef"):
+      out[key] = np.array([r[key] for r in self.rows])
+    return out
+
+  def step_ends_and_states(self):
+    """(step_ends, step_states) of SolverPlan: a call's x_next ends a step where it advances,
+    its x_eval where eval_ends_step, in that order."""
+    nfe, ends, states = len(self.rows), [], []
     for i, r in enumerate(self.rows):
-      coefs[i, :min(width, r[2].size)] = r[2][:width]
-    col = lambda k: np.array([r[k] for r in self.rows])
-    return {"t_model": schedule.step_index(t) * time_scale, "alpha": schedule.alpha(t),
-            "sigma": schedule.sigma(t), "x_coef": col(1), "coefs": coefs, "noise_coef": col(3),
-            "advance": col(4), "push": col(5), "eps_mode": col(6)}
+      if r["advance"]:
+        ends.append(i)
+        states.append(i)
+      if r["eval_ends_step"]:
+        ends.append(i)
+        states.append(nfe + i)
+    return np.asarray(ends, np.int64), np.asarray(states, np.int64)
 
 
 def _multistep(schedule, grid, order, lower_order_final, sde, calls):
@@ -196,6 +249,68 @@ def _plms(schedule, grid, calls):
   return grid, [2] + [min(j + 1, 4) for j in range(1, grid.size - 1)]
 
 
+def unipc_default_order(steps: int, guided: bool = False) -> int:
+  """UniPC's order when none is given: UNIPC_ORDER, UNIPC_GUIDED_ORDER when guided, <= steps."""
+  return min(UNIPC_GUIDED_ORDER if guided else UNIPC_ORDER, steps)
+
+
+def unipc_orders(steps: int, order: int, lower_order_final: bool = True):
+  """The order of each of UniPC's `steps` steps (warm-up, then the official lower_order_final)."""
+  return [min(order, k, steps + 1 - k) if lower_order_final else min(order, k)
+          for k in range(1, steps + 1)]
+
+
+def _unipc_step(lam_s, lam_t, lam_earlier, alpha_t, order, variant, corrector):
+  """Weights of one UniPC step s -> t on the x0 predictions (data prediction; module docstring).
+
+  lam_earlier: lambda of the earlier points, newest first (at least order - 1). Returns
+  (w_t, w): x_t = sigma_t/sigma_s x_s + w_t m_t + sum_k w[k] m_k over m_s and the earlier
+  points' m (order of them); w_t = 0 for the predictor.
+  """
+  h = lam_t - lam_s
+  hh = -h
+  big_b = hh if variant == "bh1" else np.expm1(hh)
+  r = (np.asarray(lam_earlier[:order - 1], np.float64) - lam_s) / h
+  nodes = np.append(r, 1.0) if corrector else r
+  rhs, g, factorial = [], np.expm1(hh) / hh - 1.0, 1.0  # g_i = hh phi_{i+1}(hh)
+  for i in range(1, nodes.size + 1):
+    rhs.append(g * factorial / big_b)
+    factorial *= i + 1
+    g = g / hh - 1.0 / factorial
+  if nodes.size == 0:
+    rho = np.zeros(0)
+  elif nodes.size == 1:  # the official's simplified order-2 predictor and order-1 corrector
+    rho = np.array([0.5])
+  else:
+    rho = np.linalg.solve(np.vander(nodes, increasing=True).T, np.asarray(rhs))
+  rho_earlier, rho_t = (rho[:-1], rho[-1]) if corrector else (rho, 0.0)
+  w = np.zeros(order)
+  w[0] = -alpha_t * np.expm1(-h) + alpha_t * big_b * (np.sum(rho_earlier / r) + rho_t)
+  w[1:] = -alpha_t * big_b * rho_earlier / r
+  return -alpha_t * big_b * rho_t, w
+
+
+def _unipc(schedule, grid, order, variant, lower_order_final, corrector, calls):
+  """UniPC over every grid interval: the call at t_j corrects x_j and predicts x_{j+1}."""
+  n = grid.size - 1
+  lam, alpha, sigma = schedule.lam(grid), schedule.alpha(grid), schedule.sigma(grid)
+  orders = unipc_orders(n, order, lower_order_final)
+  for j in range(n):  # P_0 = m_j, P_k = m_{j-k}
+    if j == 0:  # x_0 = x_T, nothing to correct
+      x_coef, coefs = 1.0, []
+    else:  # UniC-p of step j (or, without the corrector, its prediction again)
+      o = orders[j - 1]
+      w_t, w = _unipc_step(lam[j - 1], lam[j], lam[j - 2::-1] if j > 1 else [], alpha[j], o,
+                           variant, corrector)
+      x_coef, coefs = sigma[j] / sigma[j - 1], np.concatenate([[w_t], w])
+    o = orders[j]
+    _, w = _unipc_step(lam[j], lam[j + 1], lam[j - 1::-1] if j > 0 else [], alpha[j + 1], o,
+                       variant, corrector=False)
+    calls.add(grid[j], x_coef, coefs, advance=j > 0, eval_x_coef=sigma[j + 1] / sigma[j],
+              eval_coefs=w, eval_ends_step=j == n - 1)
+  return grid, orders
+
+
 def check_process(diffusion: g.GaussianDiffusion):
   """Refuses processes the solvers cannot use: respaced ones and previous_x models."""
   steps_map = np.asarray(diffusion.timestep_map)
@@ -210,19 +325,38 @@ def check_process(diffusion: g.GaussianDiffusion):
                      f"expected {g.EPSILON!r} or {g.START_X!r}")
 
 
+def _check_unipc_options(solver, order, variant, corrector):
+  """Refuses UniPC's options for other solvers and values UniPC does not have."""
+  if solver != "unipc":
+    given = [f"{k}={v!r}" for k, v, unset in (("order", order, None), ("variant", variant, None),
+                                               ("corrector", corrector, True)) if v != unset]
+    if given:
+      raise ValueError(f"{', '.join(given)}: options of solver 'unipc', not of {solver!r}")
+    return
+  if order is not None and (isinstance(order, bool) or order not in UNIPC_ORDERS):
+    raise ValueError(f"UniPC order must be one of {UNIPC_ORDERS}, got {order!r}")
+  if variant is not None and variant not in UNIPC_VARIANTS:
+    raise ValueError(f"unknown UniPC variant {variant!r}; expected one of {UNIPC_VARIANTS}")
+
+
 def solver_plan(diffusion: g.GaussianDiffusion, solver: str, steps: Optional[int] = None, *,
                 time_schedule: str = "time_uniform", time_grid=None,
-                lower_order_final: bool = True, denoise_to_zero: bool = False) -> SolverPlan:
+                lower_order_final: bool = True, denoise_to_zero: bool = False,
+                order: Optional[int] = None, variant: Optional[str] = None,
+                corrector: bool = True) -> SolverPlan:
   """The host-side plan of `solver` with `steps` network calls (see the module docstring).
 
   time_grid: explicit decreasing times in [1/N, 1] instead of `time_schedule` (e.g.
   DiscreteTimeSchedule.times_of_steps of integer steps): all steps + 1 points of the grid
   (dpmpp_2s: outer and midpoints alternate; plms: steps points). `steps` may then be omitted.
+  UniPC only: order (UNIPC_ORDERS; None: unipc_default_order(steps)), variant
+  (UNIPC_VARIANTS; None: UNIPC_VARIANT), corrector (False: the predictor UniP alone).
   """
   if solver not in SOLVERS:
     raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
   if time_schedule not in TIME_SCHEDULES:
     raise ValueError(f"unknown time_schedule {time_schedule!r}; expected one of {TIME_SCHEDULES}")
+  _check_unipc_options(solver, order, variant, corrector)
   check_process(diffusion)
   schedule = tg.DiscreteTimeSchedule(diffusion.betas)
   grid = None
@@ -239,6 +373,9 @@ def solver_plan(diffusion: g.GaussianDiffusion, solver: str, steps: Optional[int
   if steps < _MIN_STEPS[solver]:
     why = f" ({_WHY_MIN[solver]})" if solver in _WHY_MIN else ""
     raise ValueError(f"solver {solver!r} needs steps >= {_MIN_STEPS[solver]}{why}, got steps={steps}")
+  if solver == "unipc" and order is not None and steps < order:
+    raise ValueError(f"solver 'unipc' with order={order} needs steps >= {order} (its multistep "
+                     f"warm-up uses orders 1..{order}), got steps={steps}")
   intervals = steps - 1 if solver == "plms" else steps
   schedule.check_intervals(intervals, f"solver {solver!r} with steps={steps}")
   if grid is None and not (solver == "dpmpp_2s" and time_schedule == "logsnr"):
@@ -248,6 +385,9 @@ def solver_plan(diffusion: g.GaussianDiffusion, solver: str, steps: Optional[int
     times, orders = _singlestep(schedule, steps, time_schedule, grid, calls)
   elif solver == "plms":
     times, orders = _plms(schedule, grid, calls)
+  elif solver == "unipc":
+    times, orders = _unipc(schedule, grid, unipc_default_order(steps) if order is None else order,
+                           variant or UNIPC_VARIANT, lower_order_final, corrector, calls)
   else:
     order = {"dpmpp_1": 1, "dpmpp_2m": 2, "dpmpp_3m": 3, "sde_dpmpp_2m": 2}[solver]
     times, orders = _multistep(schedule, grid, order, lower_order_final,
@@ -256,10 +396,10 @@ def solver_plan(diffusion: g.GaussianDiffusion, solver: str, steps: Optional[int
     calls.add(times[-1], 0.0, [1.0], advance=True, push=False)
     times, orders = np.append(times, times[-1]), list(orders) + [0]
   scale = 1000.0 / diffusion.original_num_steps if diffusion.rescale_timesteps else 1.0
-  arrays = calls.arrays(schedule, scale)
+  step_ends, step_states = calls.step_ends_and_states()
   return SolverPlan(solver=solver, steps=steps, times=np.asarray(times),
-                    orders=np.asarray(orders), step_ends=np.flatnonzero(arrays["advance"]),
-                    arrays=arrays)
+                    orders=np.asarray(orders), step_ends=step_ends, step_states=step_states,
+                    arrays=calls.arrays(schedule, scale))
 
 
 def dynamic_threshold(x0, ratio: float = THRESHOLD_RATIO, max_value: float = THRESHOLD_MAX):
@@ -278,7 +418,8 @@ def run_solver_plan(diffusion: g.GaussianDiffusion, model_fn, plan, x_init, *, k
 
   Noise of call i: step_noise[i] ([nfe, *shape]) or normal(fold_in(key, i)); none when both
   are None. Returns the final x, or with progressive a dict with 'sample' and, per call,
-  'states' (x after the call) and 'pred_xstarts' (the x0 prediction used) [nfe, *shape].
+  'states' (its x_next), 'evals' (its x_eval: the next call's input) and 'pred_xstarts' (the
+  x0 prediction used) [nfe, *shape]; a plan's step_states index concat(states, evals).
   """
   arrays = plan.arrays if isinstance(plan, SolverPlan) else plan
   xs = {k: jnp.asarray(arrays[k], jnp.float32) for k in _ARRAY_KEYS}
@@ -322,15 +463,18 @@ def run_solver_plan(diffusion: g.GaussianDiffusion, model_fn, plan, x_init, *, k
       x_next = x_next + p["noise_coef"] * jax.random.normal(
           jax.random.fold_in(key, i), x_init.shape, jnp.float32)
     x_base = jnp.where(p["advance"] > 0, x_next, x_base)
+    x_eval = p["eval_x_coef"] * x_next  # = x_next (1 x_next + 0 P) except for UniPC
+    for k in range(width):
+      x_eval = x_eval + p["eval_coefs"][k] * terms[k]
     pushed = (current,) + history[:-1] if history else ()
     history = tuple(jnp.where(p["push"] > 0, a, b) for a, b in zip(pushed, history))
-    return (x_base, x_next, history), ((x_next, x0) if progressive else None)
+    return (x_base, x_eval, history), ((x_next, x_eval, x0) if progressive else None)
 
   history = tuple(jnp.zeros_like(x_init) for _ in range(width - 1))
   (_, final, _), outs = jax.lax.scan(body, (x_init, x_init, history),
                                      (jnp.arange(nfe), xs))
   if progressive:
-    return {"sample": final, "states": outs[0], "pred_xstarts": outs[1]}
+    return {"sample": final, "states": outs[0], "evals": outs[1], "pred_xstarts": outs[2]}
   return final
 
 
@@ -338,17 +482,21 @@ def solver_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence
                        solver: str, steps: Optional[int] = None,
                        time_schedule: str = "time_uniform", time_grid=None,
                        lower_order_final: bool = True, denoise_to_zero: bool = False,
-                       noise=None, step_noise=None, clip_denoised: bool = False,
-                       thresholding: bool = False, cond_fn: Optional[Callable] = None,
+                       order: Optional[int] = None, variant: Optional[str] = None,
+                       corrector: bool = True, noise=None, step_noise=None,
+                       clip_denoised: bool = False, thresholding: bool = False,
+                       cond_fn: Optional[Callable] = None,
                        model_kwargs: Optional[Mapping[str, Any]] = None,
                        progressive: bool = False):
   """Samples x_0 [shape] from x_T = `noise` or N(0, I) drawn from `key`, with a fast solver.
 
   solver: one of SOLVERS; steps: network calls (see the module docstring); time_schedule:
   one of TIME_SCHEDULES, or time_grid: explicit times (see solver_plan). lower_order_final:
-  the official rule for multistep solvers with steps < 10. denoise_to_zero: one more call
-  returning its x0 prediction at t = 1/N. clip_denoised: clip every x0 prediction to
-  [-1, 1]; thresholding: Imagen's dynamic thresholding of it (ratio 0.995, max 1).
+  the official rules (DPM-Solver: multistep solvers with steps < 10; UniPC: always).
+  denoise_to_zero: one more call returning its x0 prediction at t = 1/N. order, variant,
+  corrector: UniPC's (solver_plan; order None: unipc_default_order(steps), the unguided one:
+  SamplerSpec picks the guided one). clip_denoised: clip every x0 prediction to [-1, 1];
+  thresholding: Imagen's dynamic thresholding of it (ratio 0.995, max 1).
   cond_fn(x, t, **model_kwargs) -> scale * grad_x log p(y | x_t) (adm_jax.guidance), applied
   as eps - sigma_t * cond_fn; classifier-free guidance comes in through model_fn.
   step_noise [steps, *shape]: the noise of each step of sde_dpmpp_2m (else drawn from
@@ -356,7 +504,8 @@ def solver_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence
   (x after each solver step), 'times' [S] (their t), 'pred_xstarts' [NFE, *shape].
   """
   plan = solver_plan(diffusion, solver, steps, time_schedule=time_schedule, time_grid=time_grid,
-                     lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero)
+                     lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero,
+                     order=order, variant=variant, corrector=corrector)
   x_init, step_key = _initial_noise(key, shape, noise)
   if plan.stochastic:
     if step_noise is not None:
@@ -377,5 +526,6 @@ def solver_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence
                         model_kwargs=model_kwargs, progressive=progressive)
   if not progressive:
     return out
-  return {"sample": out["sample"], "samples": out["states"][plan.step_ends],
+  states = jnp.concatenate([out["states"], out["evals"]])[plan.step_states]
+  return {"sample": out["sample"], "samples": states,
           "times": jnp.asarray(plan.times[1:], jnp.float32), "pred_xstarts": out["pred_xstarts"]}

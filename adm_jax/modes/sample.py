@@ -73,7 +73,8 @@ def sampling_settings(config, step: int) -> Dict[str, Any]:
   s = config.sample
   keys = ("num_samples", "batch_size", "sampler", "steps", "timestep_respacing", "time_schedule",
           "thresholding", "eta", "use_ema", "ema_index", "clip_denoised", "classifier_scale",
-          "cfg_scale", "classifier_path", "checkpoint_path", "labels", "seed", "base_samples")
+          "cfg_scale", "classifier_path", "checkpoint_path", "labels", "seed", "base_samples",
+          "solver_order", "unipc_variant")
   settings = {k: s[k] for k in keys}
   m = config.model
   settings.update(checkpoint_step=step, image_shape=[m.image_size, m.image_size, m.in_channels])

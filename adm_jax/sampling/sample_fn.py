@@ -6,9 +6,9 @@ model_kwargs]) -> images in [-1, 1] that runs a whole sampler loop on device; `s
 
 Samplers: the reference's ancestral ("ddpm") and DDIM ("ddim") over a respaced process, and
 the fast solvers of adm_jax.diffusion.solvers (DPM-Solver++ 1 / 2M / 3M / 2S,
-SDE-DPM-Solver++(2M), PLMS) over a time schedule of the un-respaced process. `steps` is the
-number of network evaluations (NFE) per image; with classifier guidance each also costs one
-classifier forward and backward.
+SDE-DPM-Solver++(2M), PLMS, UniPC) over a time schedule of the un-respaced process. `steps` is
+the number of network evaluations (NFE) per image; with classifier guidance each also costs
+one classifier forward and backward.
 """
 import dataclasses
 from typing import Callable, Optional
@@ -23,6 +23,7 @@ RESPACED_SAMPLERS = ("ddpm", "ddim")
 SOLVERS = tuple(diff.SOLVERS)
 SAMPLERS = RESPACED_SAMPLERS + SOLVERS
 TIME_SCHEDULES = tuple(diff.TIME_SCHEDULES)
+UNIPC_VARIANTS = tuple(diff.UNIPC_VARIANTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,8 @@ class SamplerSpec:
   `timestep_respacing` instead (the reference's syntax: "250", "ddim50", "10,20,30"; ddpm /
   ddim only). eta: DDIM's noise. time_schedule: the solvers' spacing of t (one of
   TIME_SCHEDULES); thresholding: the solvers' dynamic thresholding of x_0 (Imagen).
+  unipc only: order 1..3 (0: 3, or 2 with guidance, at most steps: the authors' advice) and
+  variant "bh1" | "bh2" ("": "bh2").
   """
   name: str = "ddpm"
   steps: int = 0
@@ -41,6 +44,8 @@ class SamplerSpec:
   eta: float = 0.0
   time_schedule: str = "time_uniform"
   thresholding: bool = False
+  order: int = 0
+  variant: str = ""
 
   def __post_init__(self):
     if self.name not in SAMPLERS:
@@ -61,13 +66,23 @@ class SamplerSpec:
     if self.thresholding and not self.is_solver:
       raise ValueError(f"thresholding is an option of the solvers ({', '.join(SOLVERS)}), "
                        f"not of {self.name!r}")
+    for option, value in (("order", self.order), ("variant", self.variant)):
+      if value and self.name != "unipc":
+        raise ValueError(f"{option}={value!r} is an option of sampler 'unipc', "
+                         f"not of {self.name!r}")
+    if isinstance(self.order, bool) or self.order not in (0, 1, 2, 3):
+      raise ValueError(f"sampler 'unipc' order must be 1, 2 or 3 (0: its default), "
+                       f"got {self.order!r}")
+    if self.variant not in ("",) + UNIPC_VARIANTS:
+      raise ValueError(f"unknown UniPC variant {self.variant!r}; expected one of "
+                       f"{', '.join(UNIPC_VARIANTS)}")
 
   @classmethod
   def from_config(cls, section, prefix: str = "") -> "SamplerSpec":
     """The spec of a config section: `sample` (keys sampler, steps, timestep_respacing, eta,
-    time_schedule, thresholding) or `train` with prefix 'grid_' (grid_sampler, grid_steps, ...);
-    a field whose key the section lacks keeps its default."""
-    keys = {"name": "sampler"}
+    time_schedule, thresholding, solver_order, unipc_variant) or `train` with prefix 'grid_'
+    (grid_sampler, grid_steps, ...); a field whose key the section lacks keeps its default."""
+    keys = {"name": "sampler", "order": "solver_order", "variant": "unipc_variant"}
     values = {}
     for field in dataclasses.fields(cls):
       key = prefix + keys.get(field.name, field.name)
@@ -78,6 +93,13 @@ class SamplerSpec:
   @property
   def is_solver(self) -> bool:
     return self.name in SOLVERS
+
+  def solver_options(self, guided: bool = False) -> dict:
+    """The solver's own keyword arguments (UniPC's order and variant), defaults resolved."""
+    if self.name != "unipc":
+      return {}
+    order = self.order or diff.unipc_default_order(self.steps, guided)
+    return {"order": order, "variant": self.variant or diff.UNIPC_VARIANT}
 
   @property
   def respacing(self) -> str:
@@ -93,19 +115,26 @@ class SamplerSpec:
   def check(self, base: diff.GaussianDiffusion) -> None:
     """Raises ValueError when the sampler cannot run on `base` (e.g. more steps than it has)."""
     if self.is_solver:
-      diff.solver_plan(base, self.name, self.steps, time_schedule=self.time_schedule)
+      diff.solver_plan(base, self.name, self.steps, time_schedule=self.time_schedule,
+                       **self.solver_options())
     else:
       self.process(base)
 
   def nfe(self, base: diff.GaussianDiffusion) -> int:
     """Network evaluations per image."""
     if self.is_solver:
-      return diff.solver_plan(base, self.name, self.steps, time_schedule=self.time_schedule).nfe
+      return diff.solver_plan(base, self.name, self.steps, time_schedule=self.time_schedule,
+                              **self.solver_options()).nfe
     return self.process(base).num_timesteps
 
   def describe(self) -> str:
     if self.is_solver:
-      return (f"{self.name}, {self.steps} network evaluations, {self.time_schedule} time "
+      unipc = ""
+      if self.name == "unipc":
+        order = self.order or (f"{diff.unipc_default_order(self.steps)} (guided: "
+                               f"{diff.unipc_default_order(self.steps, True)})")
+        unipc = f" {self.solver_options()['variant']} order {order}"
+      return (f"{self.name}{unipc}, {self.steps} network evaluations, {self.time_schedule} time "
               f"schedule" + (", dynamic thresholding" if self.thresholding else ""))
     extra = f", eta {self.eta}" if self.name == "ddim" and self.eta else ""
     return f"{self.name} over respacing {self.respacing!r}{extra}"
@@ -145,9 +174,11 @@ def make_sample_fn(apply_fn: Callable, base: diff.GaussianDiffusion, image_shape
     kwargs = dict(clip_denoised=clip_denoised, cond_fn=cond_fn,
                   model_kwargs=dict(model_kwargs or {}, y=labels))
     if sampler.is_solver:
+      guided = bool(cfg_scale) or cond_fn is not None
       return diff.solver_sample_loop(process, model_fn, shape, key, solver=sampler.name,
                                      steps=sampler.steps, time_schedule=sampler.time_schedule,
-                                     thresholding=sampler.thresholding, **kwargs)
+                                     thresholding=sampler.thresholding,
+                                     **sampler.solver_options(guided), **kwargs)
     if sampler.name == "ddim":
       return diff.ddim_sample_loop(process, model_fn, shape, key, eta=sampler.eta, **kwargs)
     return diff.p_sample_loop(process, model_fn, shape, key, **kwargs)
