@@ -20,12 +20,22 @@ flags:
                     field is refused with the close matches
   --verbose         library INFO logs and full tracebacks
 
+exit status:
+  0 the mode finished its work; 143 / 130 stopped by SIGTERM / SIGINT after saving a checkpoint
+  (run the same command to resume: requeue on these); 1 an error said in one line (a setting,
+  missing data or checkpoint, a full disk, a non-finite loss, a lost peer process); 2 a bad
+  command line
+
 example:
   python -m adm_jax.main --config=fashion_mnist:quick --workdir=/tmp/adm_quick
 """
+import ctypes
 import logging
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import traceback
 
 from absl import app
@@ -64,8 +74,16 @@ def _config_arg(argv):
   return None, DEFAULT_CONFIG
 
 
-def _fail(message: str, code: int = 2):
-  print(f"error: {message}", file=sys.stderr)
+# Set by the command line (cli): a failed mode leaves at once after its one line, without the
+# interpreter's teardown (where a failed background checkpoint write prints its own traces).
+_EXIT_AT_ONCE = False
+
+
+def _fail(message: str, code: int = report_lib.EXIT_USAGE):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  if _EXIT_AT_ONCE:
+    sys.stdout.flush()
+    os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
 
 
@@ -102,14 +120,34 @@ def parse_flags(argv):
 
 
 def _setup_logging(verbose: bool):
-  # adm_jax's own messages at INFO; the libraries' (orbax logs every save step) at WARNING.
+  # adm_jax's own messages at INFO; the libraries' (orbax logs every save step) at WARNING, and
+  # those of absl-logging libraries (orbax: its background writes' errors, which the modes
+  # report themselves in one line) only with --verbose.
   absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+  logging.getLogger("absl").setLevel(logging.INFO if verbose else logging.CRITICAL)
+  if not verbose:
+    sys.excepthook = _without_closed_loop_errors(sys.excepthook)
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
   adm_logger = logging.getLogger("adm_jax")
   adm_logger.setLevel(logging.INFO)
   adm_logger.addHandler(handler)
   adm_logger.propagate = False
+
+
+def _without_closed_loop_errors(excepthook):
+  """sys.excepthook less the "Event loop is closed" error that each still-pending background
+  write of a failed checkpoint save (a full disk) prints when it completes after orbax closed
+  its event loop; the failure itself is reported in one line."""
+  def hook(kind, value, tb):
+    if kind is RuntimeError and str(value) == "Event loop is closed":
+      return
+    excepthook(kind, value, tb)
+  return hook
+
+
+# Errors adm_jax raises with a message meant for the user (printed as one line).
+EXPECTED_ERRORS = (ValueError, KeyError, OSError, ImportError, FloatingPointError, RuntimeError)
 
 
 def _raised_by_adm_jax(error: BaseException) -> bool:
@@ -146,12 +184,83 @@ def print_report(report, argv) -> None:
   lines = report.lines(FIGURES.get(report.mode, ()))
   if report.next_mode and report.status != report_lib.PREEMPTED:
     lines.append(f"  next: {next_command(report, argv)}")
+  if report.status == report_lib.PREEMPTED:
+    lines.append(f"  resume: {' '.join(['python -m adm_jax.main'] + list(argv[1:]))}")
   print("\n".join(lines), flush=True)
+
+
+# ----------------------------------------------------------------------------- multi-process runs
+# In a cluster (sharding.cluster_environment) each launched process supervises a child that
+# runs the mode: the C++ runtime aborts a process whose peer is gone (the coordination
+# service's heartbeat) with a stack dump, which Python cannot intercept; the supervisor turns
+# that into one line, exit status 1, and the native messages into a log file.
+SUPERVISED = "ADM_JAX_SUPERVISED"   # set in the child that runs the mode
+NATIVE_LOG = "ADM_JAX_NATIVE_LOG"   # where the child's C++ runtime messages go
+_CLEAN_EXITS = (report_lib.EXIT_OK, report_lib.EXIT_ERROR, report_lib.EXIT_USAGE,
+                *report_lib.EXIT_SIGNAL.values())
+
+
+def native_log_path(argv) -> str:
+  """WORKDIR/logs/process_<i>.log for a local workdir, else a file in the temp directory."""
+  workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), "")
+  index = sharding.process_id_from_environment()
+  if workdir and "://" not in workdir:
+    return os.path.join(workdir, "logs", f"process_{index}.log")
+  return os.path.join(tempfile.gettempdir(), f"adm_jax_process_{index}_{os.getpid()}.log")
+
+
+def _die_with_parent() -> None:
+  """In the child: SIGKILL when the supervisor dies (a scheduler's kill -9 takes both)."""
+  try:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
+def supervise(argv) -> int:
+  """Runs this command in a child process, forwarding SIGTERM / SIGINT; returns its exit
+  status, or 1 with one line when it died of a lost peer (or any other abort)."""
+  log_path = native_log_path(argv)
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  env = dict(os.environ, **{SUPERVISED: "1", NATIVE_LOG: log_path})
+  child = subprocess.Popen([sys.executable, "-m", "adm_jax.main"] + list(argv[1:]), env=env,
+                           preexec_fn=_die_with_parent)
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+  code = child.wait()
+  if code in _CLEAN_EXITS:
+    return code
+  print(f"error: {sharding.aborted_message(log_path, code)}", file=sys.stderr, flush=True)
+  return report_lib.EXIT_ERROR
+
+
+def _peer_lost(detail) -> None:
+  """A process of a multi-process run is gone: one line, and out at once (a normal exit would
+  wait on the coordination service, then abort with a C++ stack dump)."""
+  print(f"error: {sharding.peer_loss_message(detail)}", file=sys.stderr, flush=True)
+  os._exit(report_lib.EXIT_ERROR)  # pylint: disable=protected-access
+
+
+def _native_logs_to_file(path: str) -> None:
+  """The C++ runtime's messages (collectives, coordination service) go to `path` instead of
+  the terminal; Python's own output (progress, reports, one-line errors) stays there."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  sys.stderr.flush()
+  terminal = os.dup(2)
+  log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+  os.dup2(log_fd, 2)
+  os.close(log_fd)
+  sys.stderr = os.fdopen(terminal, "w", buffering=1)
+  for handler in logging.getLogger("adm_jax").handlers:
+    if isinstance(handler, logging.StreamHandler):
+      handler.setStream(sys.stderr)
+  logging.getLogger("adm_jax").info("native (C++) logs of this process: %s", path)
 
 
 def run_mode(mode: str, config, workdir: str, overrides=()):
   """Runs one mode; returns its RunReport."""
-  sharding.maybe_initialize_distributed(config.distributed)
+  if sharding.maybe_initialize_distributed(config.distributed):
+    _native_logs_to_file(os.environ.get(NATIVE_LOG) or native_log_path(["", f"--workdir={workdir}"]))
   return modes.MODES[mode](config, workdir, overrides=overrides)
 
 
@@ -166,15 +275,22 @@ def main(argv):
   try:
     report = run_mode(_MODE.value, _CONFIG.value, workdir, override_keys(sys.argv))
     print_report(report, sys.argv)
-  except (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError,
-          ImportError, FloatingPointError, RuntimeError) as e:
-    if _VERBOSE.value or not _raised_by_adm_jax(e):
+    if report.exit_code():
+      sys.exit(report.exit_code())
+  except Exception as e:  # pylint: disable=broad-except
+    if sharding.is_peer_loss(e):
+      _peer_lost(e)
+    if (_VERBOSE.value or not isinstance(e, EXPECTED_ERRORS) or not _raised_by_adm_jax(e)):
       raise
-    _fail(str(e.args[0]) if e.args else repr(e), code=1)
+    _fail(str(e.args[0]) if e.args else repr(e), code=report_lib.EXIT_ERROR)
 
 
 def cli():
   """The `adm-jax` console script: the same as python -m adm_jax.main."""
+  global _EXIT_AT_ONCE
+  if sharding.cluster_environment() and not os.environ.get(SUPERVISED):
+    sys.exit(supervise(sys.argv))
+  _EXIT_AT_ONCE = True
   app.run(main, flags_parser=parse_flags)
 
 

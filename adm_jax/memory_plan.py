@@ -48,19 +48,24 @@ def state_bytes(exp: experiment.Experiment) -> Dict[str, float]:
   return parts
 
 
-def _with(config, batch: int, policy: str) -> ml_collections.ConfigDict:
+def _with(config, batch: int, policy: str, mode: str = "train") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(config.to_dict())
   config.train.update(batch_size=batch, microbatch=-1, fsdp=1)
   config.model.update(remat_policy=policy, use_checkpoint=False)
+  if mode == "train_classifier":
+    config.classifier.update(batch_size=batch, microbatch=-1, remat_policy=policy,
+                             use_checkpoint=False)
   return config
 
 
-def measure(config, policy: str = "none", batches: Sequence[int] = (1, 2)) -> Fit:
-  """Compiles the train step at two per-device batches on one device; fits the line."""
+def measure(config, policy: str = "none", batches: Sequence[int] = (1, 2),
+            mode: str = "train") -> Fit:
+  """Compiles the train step of the model that `mode` trains (train: the UNet,
+  train_classifier: the classifier) at two per-device batches on one device; fits the line."""
   mesh = shd.create_mesh(1, jax.devices()[:1])
   points = []
   for batch in batches:
-    exp = experiment.build(_with(config, batch, policy), mesh, donate=True)
+    exp = experiment.builder(mode)(_with(config, batch, policy, mode), mesh, donate=True)
     compiled = exp.train_step.lower(exp.abstract_state, exp.abstract_batch()).compile()
     mem = compiled.memory_analysis()
     total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes

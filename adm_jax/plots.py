@@ -5,6 +5,8 @@ import logging
 import os
 from typing import Optional, Sequence
 
+from adm_jax import files
+
 log = logging.getLogger(__name__)
 
 
@@ -32,9 +34,9 @@ def plot_metrics(metrics_path: str, out_path: str, keys: Sequence[str]) -> Optio
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  tmp = out_path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, out_path)
+  try:
+    with files.atomic_path(out_path, "the metrics plot") as tmp:
+      fig.savefig(tmp, dpi=100)
+  finally:
+    plt.close(fig)
   return out_path

@@ -4,6 +4,13 @@ import dataclasses
 from typing import Any, Dict, List, Optional
 
 FINISHED, ALREADY_FINISHED, PREEMPTED = "finished", "already finished", "stopped by a signal"
+# Exit statuses of `python -m adm_jax.main` (README "Exit statuses"): 0 only when the mode
+# finished its work; a run stopped by a signal after its checkpoint exits as the shell reports
+# a process killed by that signal (128 + its number), so a scheduler that decides by status
+# requeues it; everything else that stops a mode (a bad setting, a full disk, a non-finite
+# loss, a lost peer process) exits 1; a bad command line 2.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
 @dataclasses.dataclass
@@ -20,6 +27,15 @@ class RunReport:
   notes: List[str] = dataclasses.field(default_factory=list)
   next_mode: Optional[str] = None          # the mode a user typically runs next
   next_overrides: List[str] = dataclasses.field(default_factory=list)  # its extra --config.x=y
+  stopped_by: Optional[str] = None         # PREEMPTED: SIGTERM, SIGINT or "preemption notice"
+
+  def exit_code(self) -> int:
+    """The process exit status this report calls for (see EXIT_* above)."""
+    if self.status in (FINISHED, ALREADY_FINISHED):
+      return EXIT_OK
+    if self.status == PREEMPTED:
+      return EXIT_SIGNAL.get(self.stopped_by or "", EXIT_SIGNAL["SIGTERM"])
+    return EXIT_ERROR
 
   def lines(self, figures=()) -> List[str]:
     """Human-readable summary: one line of status, the key figures, the files, the notes."""

@@ -63,6 +63,9 @@ def validate(config, mode: str, workdir: Optional[str] = None,
   """
   m, s, d = config.model, config.sample, config.data
   devices = devices or jax.device_count()
+  if mode == "eval":  # scores a samples file: no model, no data options are read
+    _validate_eval(config)
+    return
   _require(d.channels in (1, 3), f"data.channels={d.channels!r} must be 1 (grayscale) or 3 (RGB)")
   _require(m.in_channels == d.channels,
            f"model.in_channels={m.in_channels} must equal data.channels={d.channels}")
@@ -158,21 +161,6 @@ def validate_source(config, mode: str, source) -> None:
 
 
 def validate_labels(config, mode: str, source_of) -> None:
-  """Refuses, before any work, a mode that needs labels on a split without them (an imagenet2012
-  test split: label -1). source_of(split) -> the data source of 'train' or 'eval'."""
-  if mode == "train_classifier":
-    needs = ["train", "eval"]
-  elif mode in ("train", "nll") and config.model.class_cond:
-    needs = ["train"] if mode == "train" else ["eval"]
-  else:
-    needs = []
-  for split in needs:
-    source = source_of(split)
-    _require(data_lib.split_is_labelled(source), data_lib.unlabelled_message(config.data, split,
-                                                                             source))
-
-
-def validate_labels(config, mode: str, source_of) -> None:
   """Refuses, before any work, a mode that needs labels on a split without them (imagenet2012's
   test split: label -1). source_of(split) -> the data source of 'train' or 'test' (the eval
   split). Unlabelled splits stay usable where no label is read (FID reference statistics)."""
@@ -209,13 +197,16 @@ def _validate_sampling(config, mode: str, devices: int) -> None:
                f"model.num_classes={m.num_classes}: the classifier cannot guide every class")
   if mode == "nll":
     _positive(config, "sample.nll_batches")
-  if mode == "eval":
-    _require(s.feature_net in evaluation.FEATURE_NETS,
-             f"sample.feature_net={s.feature_net!r} must be one of "
-             f"{', '.join(evaluation.FEATURE_NETS)}")
-    if s.feature_net == "inception_v3":
-      _require(bool(s.inception_weights),
-               "sample.feature_net='inception_v3' needs sample.inception_weights: the path of "
-               "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)")
-      _require(os.path.isfile(s.inception_weights),
-               f"sample.inception_weights={s.inception_weights!r} is not a file")
+
+
+def _validate_eval(config) -> None:
+  s = config.sample
+  _require(s.feature_net in evaluation.FEATURE_NETS,
+           f"sample.feature_net={s.feature_net!r} must be one of "
+           f"{', '.join(evaluation.FEATURE_NETS)}")
+  if s.feature_net == "inception_v3":
+    _require(bool(s.inception_weights),
+             "sample.feature_net='inception_v3' needs sample.inception_weights: the path of "
+             "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)")
+    _require(os.path.isfile(s.inception_weights),
+             f"sample.inception_weights={s.inception_weights!r} is not a file")

@@ -22,6 +22,8 @@ try:
 except ImportError:  # not on POSIX
   fcntl = None
 
+from adm_jax import files
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".adm_jax.lock"
@@ -46,19 +48,51 @@ def _describe(owner: Dict[str, Any]) -> str:
           f"started {owner.get('started', '?')})")
 
 
+def _first_missing(directory: str) -> Optional[str]:
+  """The outermost directory of `directory`'s path that does not exist yet (None: it exists)."""
+  path, missing = os.path.abspath(directory), None
+  while not os.path.exists(path):
+    missing, parent = path, os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return missing
+
+
 def check_writable(directory: str) -> None:
-  """Creates `directory` if needed; raises PermissionError / NotADirectoryError with the path
-  when it cannot hold a run's files."""
+  """Raises PermissionError / NotADirectoryError with the path when `directory` cannot hold a
+  run's files. Nothing is left behind: a missing directory is created to try, then removed."""
   if "://" in directory:
     return
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise NotADirectoryError(f"--workdir {directory} exists and is not a directory")
+  missing = _first_missing(directory)
+  if missing:
+    make_directory(directory)
+    _remove_up_to(directory, missing)
+  elif not os.access(directory, os.W_OK | os.X_OK):
+    raise PermissionError(f"--workdir {directory} is not writable")
+
+
+def make_directory(directory: str) -> None:
+  """os.makedirs, its failure said in one line naming the directory."""
   try:
     os.makedirs(directory, exist_ok=True)
   except OSError as e:
     raise PermissionError(f"cannot create --workdir {directory}: {e.strerror}") from None
-  if not os.access(directory, os.W_OK | os.X_OK):
-    raise PermissionError(f"--workdir {directory} is not writable")
+
+
+def _remove_up_to(directory: str, outermost: str) -> None:
+  """Removes `directory` and its empty parents up to `outermost` (directories made here)."""
+  path = os.path.abspath(directory)
+  try:
+    while True:
+      os.rmdir(path)
+      if path == outermost:
+        return
+      path = os.path.dirname(path)
+  except OSError:
+    pass
 
 
 class WorkdirLock:
@@ -69,6 +103,7 @@ class WorkdirLock:
     self.mode = mode
     self.enabled = process_index == 0 and fcntl is not None and "://" not in directory
     self._file = None
+    self._created = None  # the outermost directory the lock made (a refused run removes it)
     if process_index == 0 and "://" in directory:
       log.warning("%s is a remote directory: it cannot be locked; make sure no other run "
                   "writes there", directory)
@@ -89,7 +124,9 @@ class WorkdirLock:
   def acquire(self) -> "WorkdirLock":
     if not self.enabled:
       return self
+    self._created = _first_missing(self.directory)
     check_writable(self.directory)
+    make_directory(self.directory)
     handle = open(self.path, "a+")  # pylint: disable=consider-using-with
     try:
       fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,10 +146,16 @@ class WorkdirLock:
     record = {"host": socket.gethostname(), "pid": os.getpid(), "mode": self.mode,
               "started": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": " ".join(sys.argv)}
-    handle.seek(0)
-    handle.truncate()
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
+    fd = handle.fileno()
+    try:  # unbuffered, so that a failed write leaves nothing to flush
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    except OSError as e:
+      os.ftruncate(fd, 0)
+      handle.close()
+      if files.is_out_of_space(e):
+        raise files.out_of_space(handle.name, "the directory's owner record") from e
+      raise
     self._file = handle
     return self
 
@@ -128,6 +171,18 @@ class WorkdirLock:
   def __enter__(self):
     return self.acquire()
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, exc, tb):
     self.release()
+    if exc_type is not None and self._created:
+      self._remove_if_untouched()
     return False
+
+  def _remove_if_untouched(self) -> None:
+    """A run refused before it wrote anything leaves no directory behind (the lock made it)."""
+    try:
+      if os.listdir(self.directory) != [LOCK_FILE]:
+        return
+      os.remove(self.path)
+    except OSError:
+      return
+    _remove_up_to(self.directory, self._created)

@@ -2,6 +2,7 @@
 16 and 8 px) and its classifier, the size the PyTorch reference harness times beside ours.
 
   python -m adm_jax.bench --config=bench32 --preset=cpu_quick     (the bench's default)
+It trains like any config: python -m adm_jax.main --config=bench32 --workdir=/tmp/bench32
 Train step and sampling figures on the 2-core CPU: experiments/RESULTS.md.
 """
 from adm_jax import config_base

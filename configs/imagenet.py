@@ -37,6 +37,7 @@ def get_config(resolution: str = "128"):
   c = config_base.with_network_flags(config_base.base_config(), paper.NETWORKS[row["network"]])
   c = config_base.with_classifier_flags(c, paper.NETWORKS[row["classifier"]])
   c.model.update(dtype="bfloat16", use_checkpoint=row["remat"])
+  c.classifier.dtype = "bfloat16"
   c.data.update(name="tfds", tfds_name="imagenet2012", random_flip=False,
                 eval_split="validation")
   c.train.update(batch_size=row["batch_size"], lr=row["lr"], num_steps=row["num_steps"],

@@ -32,6 +32,9 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("ADM_JAX_TEST_CACHE", "/tmp/adm_jax_test_compile_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
 def one_device_env():
   """The environment of a subprocess that runs adm_jax on one CPU device: this session's XLA
   flags less the fake device count, and its persistent compilation cache."""
@@ -39,11 +42,10 @@ def one_device_env():
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                               if "xla_force_host_platform_device_count" not in f)
   env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+  # The checkout under test, whatever copy of adm_jax is installed.
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
   return env
-
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get("ADM_JAX_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 FIXTURE_SETS = ("gd_tiny_cond", "gd_tiny_uncond")
 
@@ -108,6 +110,28 @@ def imagenet_standin_dir(tmp_path_factory):
   directory = tmp_path_factory.mktemp("imagenet2012_standin")
   imagenet_standin.write_imagenet2012_standin(str(directory))
   return str(directory)
+
+
+def random_inception_params():
+  """Inception-V3 parameters of random values (the FID weights are not downloaded)."""
+  from adm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+  leaves, treedef = jax.tree.flatten(inception.abstract_params())
+  keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
+  return jax.tree.unflatten(treedef, [
+      jax.random.uniform(k, a.shape, minval=0.5, maxval=1.0) if a.ndim == 1 else
+      jax.random.normal(k, a.shape) * (1.0 / np.sqrt(np.prod(a.shape[:-1])))
+      for k, a in zip(keys, leaves)])
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory):
+  """(path of an npz of the random Inception-V3 parameters, the parameters): one file per
+  session, so that the feature function is compiled once per worker."""
+  from adm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+  params = random_inception_params()
+  path = str(tmp_path_factory.mktemp("inception") / "inception.npz")
+  np.savez(path, **inception.params_to_state_dict(params))
+  return path, params
 
 
 def nchw_to_nhwc(x):

@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "adm_jax"
 # Layers, lowest first; a module may import its own layer (without cycles) and the ones below.
 LAYERS = [
     ("leaves", ("adm_jax", "adm_jax.xla_env", "adm_jax.config_base", "adm_jax.diffusion",
-                "adm_jax.models", "adm_jax.data", "adm_jax.report")),
+                "adm_jax.models", "adm_jax.data", "adm_jax.report", "adm_jax.files")),
     ("library", ("adm_jax.networks", "adm_jax.guidance", "adm_jax.sharding", "adm_jax.convert",
                  "adm_jax.sampling", "adm_jax.evaluation", "adm_jax.workdir", "adm_jax.plots")),
     ("training", ("adm_jax.training",)),
@@ -23,7 +23,7 @@ LAYERS = [
 ]
 # Leaves know nothing of each other (diffusion and models meet only through model_fn).
 LEAVES = ("adm_jax.diffusion", "adm_jax.models", "adm_jax.data", "adm_jax.config_base",
-          "adm_jax.xla_env", "adm_jax.report")
+          "adm_jax.xla_env", "adm_jax.report", "adm_jax.files")
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -109,24 +109,19 @@ def test_shipped_feature_net_classifies_real_images():
 
 
 @pytest.mark.slow  # builds Inception-V3
-def test_inception_random_weights_shapes_and_loader_round_trip(tmp_path):
+@pytest.mark.xdist_group("inception")  # one compilation with test_imagenet_flow's
+def test_inception_random_weights_shapes_and_loader_round_trip(tmp_path, random_inception_weights):
   import jax
-  from adm_jax.evaluation import inception
-  abstract = inception.abstract_params()
-  leaves, treedef = jax.tree.flatten(abstract)
-  keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
-  params = jax.tree.unflatten(treedef, [
-      jax.random.uniform(k, a.shape, minval=0.5, maxval=1.0) if a.ndim == 1 else
-      jax.random.normal(k, a.shape) * (1.0 / np.sqrt(np.prod(a.shape[:-1])))
-      for k, a in zip(keys, leaves)])
-  np.savez(tmp_path / "inception.npz", **inception.params_to_state_dict(params))
-  loaded = inception.load_inception_params(str(tmp_path / "inception.npz"))
+  from adm_jax.evaluation import api, inception
+  path, params = random_inception_weights
+  loaded = inception.load_inception_params(path)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
     np.testing.assert_array_equal(a, b)
-  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-  out = inception.make_feature_fn(loaded)(images)
-  assert out["pool"].shape == (2, 2048) and out["spatial"].shape == (2, 17, 17, 192)
-  assert out["logits"].shape == (2, 1008)
+  # (4 images of 128 px: the shape test_imagenet_flow scores, one compilation for both)
+  images = np.random.default_rng(0).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8)
+  out = api._extractor("inception_v3", path)(images)  # the feature fn evaluation runs
+  assert out["pool"].shape == (4, 2048) and out["spatial"].shape == (4, 17, 17, 192)
+  assert out["logits"].shape == (4, 1008)
   assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
   state = inception.params_to_state_dict(params)
   state["fc.extra"] = np.zeros(1)

@@ -39,7 +39,7 @@ def test_precision_diagnostics_of_real_images(tmp_path, capsys):
   os.makedirs(tmp_path / "guidance_real")
   shutil.copy(real, tmp_path / "guidance_real" / "samples_12x32x32x1.npz")
   diagnostics.main(["--workdir", str(tmp_path), "--reference_num", "12"])
-  line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("guidance_real")][0]
+  line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("guidance_real")][0]
   from adm_jax import evaluation  # pylint: disable=g-import-not-at-top
   accuracy = evaluation.classifier_accuracy(real)
   assert f"acc={accuracy:.3f}" in line and "n=12" in line

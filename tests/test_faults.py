@@ -25,6 +25,9 @@ from PIL import Image
 from adm_jax import data as data_lib
 from adm_jax import evaluation
 from adm_jax import experiment
+from adm_jax import files
+from adm_jax import sampling
+from adm_jax import sharding as shd
 from adm_jax import report as report_lib
 from adm_jax import training
 from adm_jax import validation
@@ -89,8 +92,10 @@ def test_resume_refuses_another_run_unless_allowed(tmp_path, caplog):
   assert "data.random_flip: checkpoint False != config True" in str(refused.value)
   assert "train.seed: checkpoint 0 != config 1" in str(refused.value)
   other.train.allow_config_change = True
+  # (another seed builds the same step: the shared one, told its new seed and config)
+  exp = dataclasses.replace(tiny.diffusion_experiment(), config=other, seed=1)
   with caplog.at_level(logging.WARNING, logger="adm_jax"):
-    report = train.run(other, workdir, MESH)  # (another seed: another build)
+    report = train.run(other, workdir, MESH, experiment=exp)
   assert report.step == 5 and "resuming although the run changed" in caplog.text
 
 
@@ -289,6 +294,7 @@ def test_guidance_without_a_trained_classifier_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no checkpoint under .*classifier/checkpoints: "
                      r"run --mode=train_classifier first"):
     sample.run(config, workdir, MESH)
+  assert not os.path.exists(os.path.join(workdir, config.sample.output_dir))  # nothing created
 
 
 # ----------------------------------------------------------------------------- settings
@@ -336,7 +342,7 @@ def test_sampling_a_workdir_without_checkpoint_creates_nothing(tmp_path):
   config.sample.update(num_samples=2, batch_size=2, steps=2, output_dir=str(tmp_path / "out"))
   with pytest.raises(FileNotFoundError, match="no checkpoint under"):
     sample.run(config, str(tmp_path / "w"), MESH)
-  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+  assert not os.path.exists(tmp_path / "w") and not os.path.exists(tmp_path / "out")
 
 
 def test_eval_takes_the_newest_samples_and_warns_below_a_thousand(tmp_path):
@@ -352,3 +358,228 @@ def test_eval_takes_the_newest_samples_and_warns_below_a_thousand(tmp_path):
   report = evaluate.run(config, str(tmp_path))
   assert report.outputs["evaluated"] == new and report.metrics["n_samples"] == 6
   assert "only 6 samples" in report.notes[0]
+
+
+# ----------------------------------------------------------------------------- exit statuses
+def test_exit_status_tells_how_a_mode_ended():
+  report = report_lib.RunReport("train")
+  assert report.exit_code() == 0
+  report.status = report_lib.ALREADY_FINISHED
+  assert report.exit_code() == 0
+  report.status, report.stopped_by = report_lib.PREEMPTED, "SIGTERM"
+  assert report.exit_code() == 143  # what a shell reports for a process killed by SIGTERM
+  report.stopped_by = "SIGINT"
+  assert report.exit_code() == 130
+  report.stopped_by = "preemption notice"
+  assert report.exit_code() == 143
+  report.status = "data not available"
+  assert report.exit_code() == 1
+
+
+# ----------------------------------------------------------------------------- a full disk
+@pytest.fixture
+def small_disk(tmp_path):
+  """A real filesystem that fills: a 64 MiB tmpfs mounted for the test (needs root; the fault
+  drill covers other machines with RLIMIT_FSIZE). fill(leave) leaves `leave` bytes free."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs",
+                                          str(mount)], capture_output=True).returncode:
+    pytest.skip("mounting a tmpfs needs root (experiments/fault_drill.sh uses RLIMIT_FSIZE)")
+  filler = mount / "filler"
+
+  def fill(leave: int) -> None:
+    if filler.exists():
+      filler.unlink()
+    size = max(0, shutil.disk_usage(mount).free - leave)
+    with open(filler, "wb") as f:
+      f.write(b"\0" * size)
+
+  def free() -> None:
+    if filler.exists():
+      filler.unlink()
+
+  yield mount, fill, free
+  subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _no_partial_files(directory):
+  left = [os.path.join(root, n) for root, dirs, names in os.walk(directory)
+          for n in names + dirs if ".tmp" in n or "orbax-checkpoint-tmp" in n]
+  assert not left, left
+
+
+@pytest.mark.slow  # trains
+def test_a_full_disk_during_a_checkpoint_keeps_the_newest_complete_one(small_disk):
+  mount, fill, free = small_disk
+  workdir = str(mount / "w")
+  tiny.train_tiny(tiny_config(num_steps=2), workdir)            # checkpoint 2 fits
+  fill(leave=64 * 1024)                                          # rows fit, a checkpoint not
+  with pytest.raises(files.OutOfSpaceError) as full:
+    tiny.train_tiny(tiny_config(num_steps=4), workdir)
+  message = str(full.value)
+  assert "writing checkpoint step 4" in message and "free" in message and "needed" in message
+  assert "resumes from checkpoint step 2" in message and "\n" not in message
+  assert steps_of(workdir) == [2]
+  _no_partial_files(workdir)
+  assert int(tiny.final_state(workdir).step) == 2  # the newest complete checkpoint reads
+  free()
+  report = tiny.train_tiny(tiny_config(num_steps=4), workdir)   # the same command resumes
+  assert report.step == 4 and steps_of(workdir) == [2, 4]
+  tiny.assert_trees_equal(tiny.final_state(workdir), tiny.final_state(tiny.trained_workdir()))
+
+
+def test_a_full_disk_during_a_metrics_row_leaves_no_half_line(small_disk):
+  mount, fill, free = small_disk
+  writer = metrics_lib.MetricWriter(str(mount / "w"), tensorboard=False)
+  writer.write(1, {"loss": 1.0})
+  fill(leave=0)  # what is left of the file's last page, no more
+  wide = {f"metric_{i}": float(i) for i in range(2000)}  # a row longer than that
+  with pytest.raises(files.OutOfSpaceError, match=r"writing a metrics row .*metrics.jsonl"):
+    writer.write(2, wide)
+  path = str(mount / "w" / "metrics.jsonl")
+  assert open(path).read().endswith("\n") and [r["step"] for r in metrics_lib.read_metrics(path)] == [1]
+  free()
+  writer.write(2, wide)
+  assert [r["step"] for r in metrics_lib.read_metrics(path)] == [1, 2]
+
+
+@pytest.mark.slow  # samples
+def test_a_full_disk_during_sampling_keeps_the_finished_parts(small_disk, tmp_path):
+  mount, fill, free = small_disk
+  settings = dict(num_samples=12, batch_size=4)
+  reference = np.load(sample.run(tiny.sample_config(output_dir=str(tmp_path / "ref"), **settings),
+                                 tiny.trained_workdir(), MESH).outputs["samples"])["arr_0"]
+  out = str(mount / "out")
+  config = tiny.sample_config(output_dir=out, **settings)
+  parts = sample.parts_directory(out, sample.sampling_settings(config, tiny.TRAINED_STEPS[-1]))
+  real = sample.compiled_sampler
+
+  def fill_after_first_part(*args):
+    fn = real(*args)
+
+    def run(*a):
+      if os.path.exists(os.path.join(parts, "part_00000.npz")):
+        fill(leave=0)
+      return fn(*a)
+    return run
+
+  sample.compiled_sampler = fill_after_first_part
+  try:
+    with pytest.raises(files.OutOfSpaceError, match=r"writing sample part 1 .*resumes at part 1"):
+      sample.run(config, tiny.trained_workdir(), MESH)
+  finally:
+    sample.compiled_sampler = real
+  assert sorted(os.listdir(parts)) == ["part_00000.npz", "settings.json"]
+  _no_partial_files(out)
+  free()
+  again = sample.run(config, tiny.trained_workdir(), MESH)
+  np.testing.assert_array_equal(np.load(again.outputs["samples"])["arr_0"], reference)
+
+
+def test_a_full_disk_during_a_grid_leaves_nothing(small_disk):
+  mount, fill, _ = small_disk
+  fill(leave=0)
+  with pytest.raises(files.OutOfSpaceError, match=r"writing an image grid .*grid.png"):
+    sampling.save_grid(str(mount / "grid.png"), np.zeros((4, 64, 64, 3), np.uint8))
+  assert sorted(os.listdir(mount)) == ["filler"]
+
+
+# ----------------------------------------------------------------------------- device counts
+@pytest.mark.slow  # samples on one and on eight devices
+@pytest.mark.parametrize("first, then", [(1, 8), (8, 1)])
+def test_sampling_resumed_on_another_device_count_gives_the_same_samples(tmp_path, first, then):
+  settings = dict(num_samples=16, batch_size=8, classifier_scale=1.0)
+  straight = sample.run(tiny.sample_config(output_dir=str(tmp_path / "straight"), **settings),
+                        tiny.trained_workdir(), shd.create_mesh(1, jax.devices()[:first]))
+  config = tiny.sample_config(output_dir=str(tmp_path / "resumed"), **settings)
+  real, calls = sample.compiled_sampler, []
+
+  def stop_at_second_batch(*args):
+    fn = real(*args)
+
+    def run(*a):
+      calls.append(1)
+      if len(calls) == 2:
+        raise KeyboardInterrupt  # interrupted after part 0 was written
+      return fn(*a)
+    return run
+
+  sample.compiled_sampler = stop_at_second_batch
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      sample.run(config, tiny.trained_workdir(), shd.create_mesh(1, jax.devices()[:first]))
+  finally:
+    sample.compiled_sampler = real
+  resumed = sample.run(config, tiny.trained_workdir(), shd.create_mesh(1, jax.devices()[:then]))
+  np.testing.assert_array_equal(np.load(resumed.outputs["samples"])["arr_0"],
+                                np.load(straight.outputs["samples"])["arr_0"])
+
+
+# ----------------------------------------------------------------------------- damaged eval inputs
+def _eval_inputs(tmp_path):
+  config = tiny_config()
+  config.model.image_size = 32
+  real = str(tmp_path / "real.npz")
+  evaluation.write_reference_batch(real, config.data, "train", 6, 32)
+  return config, real
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", r"samples.npz is not a readable npz \(truncated, damaged or another format"),
+    ("text", r"samples.npz is not a readable npz"),
+    ("nan", r"samples.npz: arr_0 holds NaN or inf"),
+    ("range", r"samples.npz: arr_0 must be uint8 in 0..255, got int64 with values 0..300"),
+])
+def test_damaged_samples_are_refused_in_one_line_before_any_feature(tmp_path, monkeypatch, damage,
+                                                                    message):
+  config, real = _eval_inputs(tmp_path)
+  path = tmp_path / "samples.npz"
+  images = np.load(real)["arr_0"]
+  if damage == "truncated":
+    data = open(real, "rb").read()
+    path.write_bytes(data[:len(data) // 2])
+  elif damage == "text":
+    path.write_text("not an npz")
+  elif damage == "nan":
+    np.savez(path, arr_0=np.full(images.shape, np.nan, np.float32))
+  else:
+    np.savez(path, arr_0=np.linspace(0, 300, images.size).astype(np.int64).reshape(images.shape))
+  monkeypatch.setattr(evaluation.api, "_extractor", lambda *a: pytest.fail("features computed"))
+  config.sample.update(sample_npz=str(path), reference_batch=real)
+  with pytest.raises(ValueError, match=message) as refused:
+    evaluate.run(config, str(tmp_path))
+  assert "\n" not in str(refused.value)
+
+
+def test_reference_statistics_of_another_feature_network_are_refused_before_any_feature(
+    tmp_path, monkeypatch):
+  config, real = _eval_inputs(tmp_path)
+  stats = str(tmp_path / "stats.npz")
+  np.savez(stats, feature_net="inception_v3", mu=np.zeros(4), sigma=np.eye(4),
+           spatial_mu=np.zeros(4), spatial_sigma=np.eye(4), pool=np.zeros((6, 4)))
+  monkeypatch.setattr(evaluation.api, "_extractor", lambda *a: pytest.fail("features computed"))
+  config.sample.update(sample_npz=real, reference_batch=stats)
+  with pytest.raises(ValueError, match=r"stats.npz are of the feature network inception_v3, not "
+                     r"fmnist_cnn_v1 \(sample.feature_net\)"):
+    evaluate.run(config, str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- a dead peer
+def test_an_aborted_process_is_explained_from_its_native_log(tmp_path, monkeypatch):
+  # (The real case, two processes and kill -9: experiments/fault_drill.sh.) What the
+  # supervisor prints when the coordination service aborted a process whose peer is gone.
+  log = tmp_path / "process_0.log"
+  log.write_text(
+      "E1204 coordination_service.cc:1549] Use error polling to propagate the following error "
+      "to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending "
+      "heartbeats):\n1\nThe tasks have crashed.\nF1204 client.h:80] Terminating process\n"
+      "*** Check failure stack trace: ***\n")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_PROCESS_ID", "0")
+  message = shd.aborted_message(str(log), -6)
+  assert message.startswith("process 1 of this 2-process run stopped answering")
+  assert f"details in {log}" in message and "start all 2 again with the same command" in message
+  assert "\n" not in message
+  log.write_text("E1204 Polled an error from the coordination service\n")
+  assert "lost the coordination service" in shd.aborted_message(str(log), -6)

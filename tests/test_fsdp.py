@@ -52,7 +52,7 @@ def computations(hlo: str):
 
 
 def collectives(lines, op):
-  return [l for l in lines if re.search(rf" {op}(-start)?\(", l)]
+  return [ln for ln in lines if re.search(rf" {op}(-start)?\(", ln)]
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
@@ -60,7 +60,7 @@ def test_gradients_are_constrained_to_the_parameter_shardings(platform):
   exp = fsdp_experiment()
   text = str(exp.train_step.trace(exp.abstract_state, exp.abstract_batch())
              .lower(lowering_platforms=(platform,)).as_text())
-  on_fsdp = [l for l in re.findall(r"sdy\.sharding_constraint[^\n]*", text) if '"fsdp"' in l]
+  on_fsdp = [ln for ln in re.findall(r"sdy\.sharding_constraint[^\n]*", text) if '"fsdp"' in ln]
   n = len(sharded_params(exp))
   assert n > 20 and len(on_fsdp) >= n, (len(on_fsdp), n)
 
@@ -72,17 +72,17 @@ def test_parameters_gathered_and_gradients_reduced_once_per_step():
   hlo = exp.train_step.lower(exp.abstract_state, exp.abstract_batch()).compile().as_text()
   comps, bodies = computations(hlo)
   assert bodies, "the microbatches are one while loop"
-  inside = [l for name in bodies for l in comps[name]]
-  outside = [l for name, lines in comps.items() if name not in bodies for l in lines]
-  gathered_kernels = [l for l in collectives(outside, "all-gather") if KERNEL.search(l.split("=")[1])]
+  inside = [ln for name in bodies for ln in comps[name]]
+  outside = [ln for name, lines in comps.items() if name not in bodies for ln in lines]
+  gathered_kernels = [ln for ln in collectives(outside, "all-gather") if KERNEL.search(ln.split("=")[1])]
   # Each sharded kernel is gathered before the loop (twice on CPU: its forward convolution and
   # the CPU kernel's input gradient), never per microbatch.
   sharded_kernels = [x for x in sharded_params(exp) if x.ndim == 4]
   assert len(gathered_kernels) >= len(sharded_kernels) > 10
-  assert not [l for l in collectives(inside, "all-gather") if KERNEL.search(l.split("=")[1])]
+  assert not [ln for ln in collectives(inside, "all-gather") if KERNEL.search(ln.split("=")[1])]
   # Gradients are accumulated over the microbatches as shards: the loop carries one
   # shard-shaped accumulator per sharded kernel (XLA:GPU / TPU reduce-scatter into it).
-  loops = [l.split(" while(")[0] for lines in comps.values() for l in lines if " while(" in l]
+  loops = [ln.split(" while(")[0] for lines in comps.values() for ln in lines if " while(" in ln]
   carry = max(loops, key=len)  # the microbatch loop carries the most
   carried = collections.Counter(re.findall(r"f32\[([\d,]+)\]", carry))
   for leaf in sharded_kernels:

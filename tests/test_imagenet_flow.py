@@ -12,7 +12,6 @@ import jax
 
 from adm_jax import config_base
 from adm_jax import validation
-from adm_jax.evaluation import inception
 from adm_jax.modes import evaluate
 from adm_jax.modes import sample
 from adm_jax.modes import train
@@ -24,14 +23,14 @@ pytest.importorskip("array_record")
 # The model shrunk as a user would with flags (--config.model.num_channels=32 ...); 128 px,
 # the data, preprocessing, diffusion and sampling settings are imagenet128's.
 SHRUNK = {
-    "model": dict(num_channels=32, num_res_blocks=1, channel_mult="1,1,1,1,1",
-                  attention_resolutions="8", num_heads=1, dtype="float32"),
-    "classifier": dict(classifier_width=64, classifier_depth=1, channel_mult="1,1,1,1,1",
-                       classifier_attention_resolutions="8", iterations=2, batch_size=2,
+    "model": dict(num_channels=32, num_res_blocks=1, channel_mult="1,1,1",
+                  attention_resolutions="32", num_heads=1, dtype="float32"),
+    "classifier": dict(classifier_width=64, classifier_depth=1, channel_mult="1,1,1", dtype="float32",
+                       classifier_attention_resolutions="32", iterations=2, batch_size=2,
                        eval_every=2, eval_batches=1, checkpoint_every=2, log_every=1),
     "train": dict(batch_size=2, num_steps=2, log_every=1, checkpoint_every=1, grid_samples=0,
                   progress=False, async_checkpoint=False),
-    "sample": dict(num_samples=2, batch_size=2, sampler="ddim", steps=2),
+    "sample": dict(num_samples=4, batch_size=2, sampler="ddim", steps=2),
     "data": dict(num_workers=2),
 }
 
@@ -46,22 +45,11 @@ def imagenet128(data_dir, **sections):
   return c
 
 
-@pytest.fixture(scope="module")
-def random_inception(tmp_path_factory):
-  """An Inception-V3 weights file of random values (the real one is not downloaded)."""
-  abstract = inception.abstract_params()
-  leaves, treedef = jax.tree.flatten(abstract)
-  keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
-  params = jax.tree.unflatten(treedef, [
-      jax.random.uniform(k, a.shape, minval=0.5, maxval=1.0) if a.ndim == 1 else
-      jax.random.normal(k, a.shape) * (1.0 / np.sqrt(np.prod(a.shape[:-1])))
-      for k, a in zip(keys, leaves)])
-  path = str(tmp_path_factory.mktemp("inception") / "inception.npz")
-  np.savez(path, **inception.params_to_state_dict(params))
-  return path
-
-
-def test_imagenet_flow_on_a_real_tfds_standin(imagenet_standin_dir, random_inception, tmp_path):
+@pytest.mark.slow  # trains, samples and scores a 128 px model
+@pytest.mark.xdist_group("inception")  # one Inception compilation with test_evaluation's
+def test_imagenet_flow_on_a_real_tfds_standin(imagenet_standin_dir, random_inception_weights,
+                                              tmp_path):
+  random_inception, _ = random_inception_weights
   workdir = str(tmp_path / "adm128")
   config = imagenet128(imagenet_standin_dir)
   assert config.data.eval_split == "validation" and config.model.image_size == 128
@@ -79,12 +67,12 @@ def test_imagenet_flow_on_a_real_tfds_standin(imagenet_standin_dir, random_incep
                       workdir, tiny.MESH)  # imagenet128's classifier scale, 0.5
   for report in (unguided, guided):
     with np.load(report.outputs["samples"]) as d:
-      assert d["arr_0"].shape == (2, 128, 128, 3) and d["arr_0"].dtype == np.uint8
+      assert d["arr_0"].shape == (4, 128, 128, 3) and d["arr_0"].dtype == np.uint8
   assert not np.array_equal(np.load(unguided.outputs["samples"])["arr_0"],
                             np.load(guided.outputs["samples"])["arr_0"])
   scored = evaluate.run(imagenet128(imagenet_standin_dir, sample=dict(
       output_dir="guided", inception_weights=random_inception)), workdir)
-  assert scored.metrics["feature_net"] == "inception_v3" and scored.metrics["n_samples"] == 2
+  assert scored.metrics["feature_net"] == "inception_v3" and scored.metrics["n_samples"] == 4
   assert np.isfinite(scored.metrics["fid"]) and "validation" in scored.outputs["reference"]
 
 
@@ -95,7 +83,7 @@ def test_a_split_without_labels_is_refused_before_any_work(imagenet_standin_dir,
     train.run_classifier(config, workdir, tiny.MESH)
   message = str(refused.value)
   assert "data.eval_split='test' holds no labels" in message and "\n" not in message
-  assert not os.path.exists(os.path.join(workdir, "classifier", "checkpoints"))
+  assert not os.path.exists(workdir)  # nothing created
 
 
 def test_eval_with_inception_needs_its_weights_file(imagenet_standin_dir, tmp_path):

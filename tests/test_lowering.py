@@ -81,7 +81,7 @@ def custom_call_targets(text):
 def convolution_types(text):
   """Counter of the (lhs, rhs) element types of every convolution."""
   return collections.Counter(
-      tuple(_element_types(operand_signature(l)[0])) for l in op_lines(text, "convolution"))
+      tuple(_element_types(operand_signature(ln)[0])) for ln in op_lines(text, "convolution"))
 
 
 def dot_generals(text):
@@ -114,8 +114,8 @@ def reductions(text):
 
 def activation_transposes_to_cin_h_w_b(text):
   """Transposes [B, H, W, C] -> [C, H, W, B] of activations (the CPU kernel-gradient layout)."""
-  return [l for l in op_lines(text, "transpose")
-          if "dims = [3, 1, 2, 0]" in l and _shapes(operand_signature(l)[0])[0][0] == BATCH]
+  return [ln for ln in op_lines(text, "transpose")
+          if "dims = [3, 1, 2, 0]" in ln and _shapes(operand_signature(ln)[0])[0][0] == BATCH]
 
 
 def lower(fn, args, platform):

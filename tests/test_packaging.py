@@ -31,8 +31,8 @@ def test_dependencies_never_pin_or_cap_jax():
   for extra in ("tfds", "torch", "tensorboard", "dev"):
     assert extra in extras
   # The README's install line (pip install -r requirements.txt) installs this package.
-  lines = [l.strip() for l in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
-  assert [l for l in lines if l and not l.startswith("#")] == ["-e ."]
+  lines = [ln.strip() for ln in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
+  assert [ln for ln in lines if ln and not ln.startswith("#")] == ["-e ."]
 
 
 def test_console_script_is_the_main_module():

@@ -94,6 +94,7 @@ def test_sampling_builds_the_networks_it_was_trained_with(tmp_path):
       sample.run(config, tiny.trained_workdir(), tiny.MESH, overrides=[key])
     message = str(refused.value)
     assert f"{key}=64 (command line) but 32 in training" in message and "\n" not in message
+  assert os.listdir(tmp_path) == ["a"]  # the refused runs created nothing
 
 
 def test_unipc_sampler(tmp_path):

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import re
+import zipfile
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -25,19 +26,63 @@ log = logging.getLogger(__name__)
 FEATURE_NETS = (feature_net.NAME, "inception_v3")
 
 
-def load_batch(path: str) -> Dict[str, np.ndarray]:
-  """{'images': uint8 [N, H, W, C], 'labels': [N] or None} from a reference-layout npz."""
+def _open_npz(path: str, what: str) -> Dict[str, np.ndarray]:
+  """Every array of an npz, or one line saying why the file is not a readable npz."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"sample batch {path} not found")
-  with np.load(path) as data:
-    if "arr_0" not in data.files:
-      raise ValueError(f"{path}: expected the reference layout (arr_0 uint8 NHWC images, "
-                       f"arr_1 labels); found keys {data.files}")
-    images = data["arr_0"]
-    labels = data["arr_1"] if "arr_1" in data.files else None
-  if images.dtype != np.uint8 or images.ndim != 4:
-    raise ValueError(f"{path}: arr_0 must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    raise FileNotFoundError(f"{what} {path} not found")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if not hasattr(data, "files"):
+        raise ValueError("a single .npy array, not an npz")
+      return {k: data[k] for k in data.files}
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+    raise ValueError(f"{what} {path} is not a readable npz (truncated, damaged or another "
+                     f"format: {detail})") from None
+
+
+def load_batch(path: str, what: str = "sample batch") -> Dict[str, np.ndarray]:
+  """{'images': uint8 [N, H, W, C], 'labels': [N] or None} from a reference-layout npz.
+
+  A file that is not a readable npz, lacks arr_0, or whose images are not uint8 NHWC in
+  0..255 (floats, NaN, values out of range) fails in one line naming it."""
+  data = _open_npz(path, what)
+  if "arr_0" not in data:
+    raise ValueError(f"{what} {path}: expected the reference layout (arr_0 uint8 NHWC images, "
+                     f"arr_1 labels); found keys {sorted(data)}")
+  images, labels = data["arr_0"], data.get("arr_1")
+  if images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
+    raise ValueError(f"{what} {path}: arr_0 must be images [N, H, W, C] with C = 1 or 3, got "
+                     f"shape {images.shape}")
+  if images.dtype != np.uint8:
+    if not np.issubdtype(images.dtype, np.number):
+      raise ValueError(f"{what} {path}: arr_0 holds {images.dtype}, not uint8 images")
+    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+      raise ValueError(f"{what} {path}: arr_0 holds NaN or inf ({images.dtype}; uint8 0..255 "
+                       "expected)")
+    raise ValueError(f"{what} {path}: arr_0 must be uint8 in 0..255, got {images.dtype} with "
+                     f"values {images.min()}..{images.max()}")
   return {"images": images, "labels": labels}
+
+
+STATS_KEYS = ("mu", "sigma", "spatial_mu", "spatial_sigma", "pool", "feature_net")
+
+
+def load_reference(path: str, feature_net_name: str) -> Dict[str, np.ndarray]:
+  """A reference: statistics written by save_reference_stats (checked to be of
+  `feature_net_name`), or a batch of images ({'images': ...}). One line when it is neither."""
+  data = _open_npz(path, "reference")
+  if "mu" in data:
+    missing = [k for k in STATS_KEYS if k not in data]
+    if missing:
+      raise ValueError(f"reference statistics {path} lack {', '.join(missing)}: write them with "
+                       "adm_jax.evaluation.save_reference_stats")
+    if str(data["feature_net"]) != feature_net_name:
+      raise ValueError(f"reference statistics {path} are of the feature network "
+                       f"{data['feature_net']}, not {feature_net_name} (sample.feature_net): "
+                       "use statistics of the same network, or its reference images")
+    return data
+  return {"images": load_batch(path, "reference batch")["images"]}
 
 
 @functools.lru_cache(maxsize=4)
@@ -89,19 +134,13 @@ def save_reference_stats(path: str, ref_npz: str, feature_net_name: str = featur
 def evaluate_npz(sample_npz: str, reference: str, feature_net_name: str = feature_net.NAME,
                  inception_weights: Optional[str] = None, batch_size: int = 250) -> Dict[str, Any]:
   """FID, sFID, IS, precision and recall of a sample batch against a reference batch/stats."""
+  samples = load_batch(sample_npz)  # both inputs are checked before any feature is computed
+  ref = load_reference(reference, feature_net_name)
   feature_fn = _extractor(feature_net_name, inception_weights)
-  samples = load_batch(sample_npz)
   sample_feats = extract_features(samples["images"], feature_fn, batch_size, desc="samples")
-  with np.load(reference) as data:
-    if "mu" in data.files:
-      if str(data["feature_net"]) != feature_net_name:
-        raise ValueError(f"{reference} holds {data['feature_net']} statistics, not {feature_net_name}")
-      ref = {k: data[k] for k in data.files}
-    else:
-      ref = None
-  if ref is None:
-    ref_images = load_batch(reference)["images"]
-    ref = reference_stats(extract_features(ref_images, feature_fn, batch_size, desc="reference"))
+  if "images" in ref:
+    ref = reference_stats(extract_features(ref["images"], feature_fn, batch_size,
+                                           desc="reference"))
   mu, sigma = metrics.compute_statistics(sample_feats["pool"])
   smu, ssigma = metrics.compute_statistics(metrics.spatial_features(sample_feats["spatial"]))
   precision, recall = metrics.precision_recall(ref["pool"], sample_feats["pool"])

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from adm_jax import data as data_lib
 from adm_jax import evaluation
+from adm_jax import files
 from adm_jax import report as report_lib
 from adm_jax import validation
 from adm_jax.modes import sample
@@ -53,8 +54,7 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
   result = evaluation.evaluate_npz(sample_npz, reference, scfg.feature_net, scfg.inception_weights or None)
   result.update(sample_npz=sample_npz, reference=reference)
   path = os.path.join(os.path.dirname(sample_npz), f"eval_{scfg.feature_net}.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  files.write_text(path, json.dumps(result, indent=2), "the evaluation results")
   log.info("%s", evaluation.format_result(result))
   report = report_lib.RunReport("eval", directory=os.path.dirname(sample_npz), metrics=result,
                                 outputs={"evaluated": sample_npz, "reference": reference,

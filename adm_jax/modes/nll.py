@@ -11,6 +11,7 @@ import tqdm
 
 from adm_jax import data as data_lib
 from adm_jax import diffusion as diff
+from adm_jax import files
 from adm_jax import networks
 from adm_jax import report as report_lib
 from adm_jax import restore
@@ -69,8 +70,7 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
   path = os.path.join(out_dir, "nll.json")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(result, f, indent=2)
+    files.write_text(path, json.dumps(result, indent=2), "the NLL results")
   log.info("NLL: %.4f bits/dim over %d images (%d steps, split %s)", result["bits_per_dim"],
            result["num_images"], result["steps"], result["split"])
   return report_lib.RunReport("nll", directory=out_dir, step=step if step >= 0 else None,

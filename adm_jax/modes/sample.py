@@ -19,6 +19,7 @@ import numpy as np
 import tqdm
 
 from adm_jax import config_base
+from adm_jax import files
 from adm_jax import networks
 from adm_jax import report as report_lib
 from adm_jax import restore
@@ -149,11 +150,13 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
   out_dir = output_dir(config, workdir)
   validation.validate(config, "sample", out_dir, devices=mesh.size)
   spec = sampling.SamplerSpec.from_config(scfg)
+  # The networks first: a missing checkpoint or a contradicting flag stops before anything
+  # is written.
+  config, network, params, step = restore.sampling_model(config, workdir, mesh, overrides)
+  classifier, classifier_params = None, None
+  if scfg.classifier_scale:
+    classifier, classifier_params = restore.guidance_classifier(config, workdir, mesh, overrides)
   with workdir_lib.WorkdirLock(out_dir, "sample", jax.process_index()):
-    config, network, params, step = restore.sampling_model(config, workdir, mesh, overrides)
-    classifier, classifier_params = None, None
-    if scfg.classifier_scale:
-      classifier, classifier_params = restore.guidance_classifier(config, workdir, mesh, overrides)
     shape = network.image_shape
     process = networks.diffusion_process(config)
     sample_fn = compiled_sampler(config, network, classifier, process, spec, mesh)
@@ -167,8 +170,8 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
     parts = parts_directory(out_dir, settings)
     if jax.process_index() == 0:
       os.makedirs(parts, exist_ok=True)
-      with open(os.path.join(parts, "settings.json"), "w") as f:
-        json.dump(settings, f, indent=2)
+      files.write_text(os.path.join(parts, "settings.json"), json.dumps(settings, indent=2),
+                       "the sampling settings")
     num_batches = -(-num_samples // scfg.batch_size)
     base_key = jax.random.PRNGKey(scfg.seed)
     local = scfg.batch_size // jax.process_count()
@@ -191,9 +194,11 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
             low_res_all[np.minimum(rows, num_samples - 1)][mine], mesh)}
       images = sample_fn(params, jax.random.fold_in(base_key, i), y, classifier_params, extra)
       if jax.process_index() == 0:
-        tmp = part + ".tmp.npz"
-        np.savez(tmp, arr_0=sampling.to_uint8(jax.device_get(images)), arr_1=batch_labels)
-        os.replace(tmp, part)
+        arr_0 = sampling.to_uint8(jax.device_get(images))
+        with files.atomic_path(part, f"sample part {i}", needed=arr_0.nbytes,
+                               resume=f"the {i} finished parts are kept: it resumes at part {i}"
+                               ) as tmp:
+          np.savez(tmp, arr_0=arr_0, arr_1=batch_labels)
     bar.close()
     report = report_lib.RunReport("sample", directory=out_dir, step=step if step >= 0 else None)
     if jax.process_index() != 0:
@@ -202,13 +207,14 @@ def run(config, workdir: str, mesh=None, overrides: Sequence[str] = ()) -> repor
     arr_0 = np.concatenate([p["arr_0"] for p in loaded])[:num_samples]
     arr_1 = np.concatenate([p["arr_1"] for p in loaded])[:num_samples]
     path = _final_path(out_dir, arr_0.shape, settings)
-    np.savez(path, arr_0=arr_0, arr_1=arr_1)
+    with files.atomic_path(path, "the samples file", needed=arr_0.nbytes,
+                           resume="every part is kept: it only joins them again") as tmp:
+      np.savez(tmp, arr_0=arr_0, arr_1=arr_1)
     info = {"settings": settings, "checkpoint_step": step, "num_samples": int(arr_0.shape[0]),
             "sampler": spec.describe(), "nfe_per_image": spec.nfe(process),
             "npz": path}
     for info_path in (path[:-len(".npz")] + ".json", os.path.join(out_dir, "sample_info.json")):
-      with open(info_path, "w") as f:
-        json.dump(info, f, indent=2)
+      files.write_text(info_path, json.dumps(info, indent=2), "the samples' record")
     grid = sampling.save_grid(os.path.join(out_dir, "grid.png"), arr_0[:64],
                               scale=max(1, 128 // shape[0]))
     shutil.rmtree(parts)  # every part is in the npz now

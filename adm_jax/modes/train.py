@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from adm_jax import config_base
 from adm_jax import experiment as experiment_lib
+from adm_jax import files
 from adm_jax import networks
 from adm_jax import report as report_lib
 from adm_jax import sampling
@@ -75,8 +76,8 @@ def _train(config, workdir, mesh, exp, kind) -> report_lib.RunReport:
       exp = _with_run_config(exp, config, kind)
     log_size(exp)
     if kind.mode == "train" and jax.process_index() == 0:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
+      files.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2),
+                       "the run's config")
     return loop_lib.run(loop_spec(exp, workdir))
 
 

@@ -1,11 +1,12 @@
 """Images out of the samplers: uint8 conversion and PNG grids (optionally one labelled column per class)."""
 import math
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
+
+from adm_jax import files
 
 
 def to_uint8(images) -> np.ndarray:
@@ -42,8 +43,8 @@ def save_grid(path: str, images_uint8: np.ndarray, ncols: Optional[int] = None,
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
   if column_names:
     img = _with_column_captions(img, column_names, images_uint8.shape[2] * scale, 2 * scale)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  img.save(path)
+  with files.atomic_path(path, "an image grid") as tmp:
+    img.save(tmp)
   return path
 
 

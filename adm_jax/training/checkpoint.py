@@ -11,6 +11,7 @@ reads the newest checkpoint in full and, if it is damaged (missing or garbled fi
 truncated metadata, contents that differ from the fingerprint, non-finite values), moves it
 aside to checkpoints/damaged/<step> (never deleting it) and falls back to the next newest.
 """
+import contextlib
 import logging
 import os
 import shutil
@@ -21,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from adm_jax import files
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                            enable_async_checkpointing=async_save)
     self.directory = directory
+    self._pending = None  # (step, bytes) of the newest save, until it is known to be complete
     self.manager = ocp.CheckpointManager(directory, options=options,
                                          item_names=("state", "meta"))
 
@@ -54,8 +58,11 @@ class Checkpointer:
     """
     tree = flax.serialization.to_state_dict(state)
     meta = dict(meta, fingerprint=fingerprint(tree))
-    self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+    self.wait()  # the previous background save: its error (a full disk) is its own
+    self._pending = (int(step), tree_bytes(tree))
+    with self._out_of_space_check():
+      self.manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
 
   def restore(self, step: int, target: Any) -> Any:
     """Restores into the structure, dtypes and shardings of `target` (abstract or concrete)."""
@@ -142,11 +149,41 @@ class Checkpointer:
     return f"step {step} ({reason})"
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._out_of_space_check():
+      self.manager.wait_until_finished()
+    self._pending = None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+  @contextlib.contextmanager
+  def _out_of_space_check(self):
+    """A save (or the background write of the last one) stopped by a full disk or quota: its
+    partial directory is removed (orbax never took it as a step) and OutOfSpaceError says so."""
+    try:
+      yield
+    except Exception as e:
+      if not files.is_out_of_space(e) or self._pending is None:
+        raise
+      step, needed = self._pending
+      self._pending = None
+      for name in os.listdir(self.directory):
+        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      newest = max((s for s in self.manager.all_steps() if s != step), default=None)
+      resume = (f"it resumes from checkpoint step {newest}" if newest is not None
+                else "no checkpoint was complete yet: it starts again")
+      raise files.out_of_space(os.path.join(self.directory, str(step)),
+                               f"checkpoint step {step}", needed, resume) from e
+
+
+def tree_bytes(tree: Any) -> int:
+  """Bytes of the array leaves of a tree (what a checkpoint of it needs, uncompressed)."""
+  return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree)
+                 if hasattr(leaf, "dtype")))
 
 
 def _short(error: Exception, limit: int = 200) -> str:

@@ -228,6 +228,7 @@ def _train(spec, state, start, checkpointer, writer, stop, report, save_meta):
           summary.update(extra)
       if stopping and not is_last:
         report.status = report_lib.PREEMPTED
+        report.stopped_by = stop.signal or "preemption notice"
         report.notes.append(f"stopped by {stop.signal or 'a preemption notice'} after step "
                             f"{done}; run the same command to resume")
         break

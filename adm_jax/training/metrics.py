@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional
 
 import jax
 
+from adm_jax import files
+
 log = logging.getLogger(__name__)
 
 SUPERSEDED = "metrics.superseded.jsonl"
@@ -47,8 +49,8 @@ class MetricWriter:
       return
     record = {"step": int(step), "time": time.time()}
     record.update({k: float(v) for k, v in scalars.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    files.append_line(self.path, json.dumps(record), "a metrics row",
+                      resume="it resumes from the newest checkpoint")
     if self._tb is not None:
       self._tb.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
 
