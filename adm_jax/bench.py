@@ -57,7 +57,7 @@ _PROFILE = flags.DEFINE_string(
     "profile", "", "Directory: also trace 3 train steps with jax.profiler there (open it with "
     "XProf / TensorBoard's profile plugin) and print the op kinds taking the most time.")
 _PLAN = flags.DEFINE_bool(
-    "plan", False, "Memory plan of --config: compile its train step at per-device batch 1 and 2 "
+    "plan", False, "Memory plan of --config: compile its train step at per-device batch 4 and 8 "
     "per remat policy (minutes per compile for the paper's models) and print, per device kind, "
     "the per-device batch, microbatch, remat policy and FSDP that fit.")
 _PLAN_POLICIES = flags.DEFINE_list("plan_policies", ["none", "convs_saveable"],

@@ -126,7 +126,7 @@ def _setup_logging(verbose: bool):
   absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
   logging.getLogger("absl").setLevel(logging.INFO if verbose else logging.CRITICAL)
   if not verbose:
-    sys.excepthook = _without_closed_loop_errors(sys.excepthook)
+    sys.unraisablehook = _without_closed_loop_errors(sys.unraisablehook)
   handler = logging.StreamHandler()
   handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
   adm_logger = logging.getLogger("adm_jax")
@@ -135,14 +135,15 @@ def _setup_logging(verbose: bool):
   adm_logger.propagate = False
 
 
-def _without_closed_loop_errors(excepthook):
-  """sys.excepthook less the "Event loop is closed" error that each still-pending background
-  write of a failed checkpoint save (a full disk) prints when it completes after orbax closed
-  its event loop; the failure itself is reported in one line."""
-  def hook(kind, value, tb):
-    if kind is RuntimeError and str(value) == "Event loop is closed":
+def _without_closed_loop_errors(unraisablehook):
+  """sys.unraisablehook less the "Event loop is closed" errors that the still-pending
+  background writes of a failed checkpoint save (a full disk) raise, one per array, when they
+  complete after orbax closed its event loop; the failure itself is reported in one line."""
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
       return
-    excepthook(kind, value, tb)
+    unraisablehook(unraisable)
   return hook
 
 

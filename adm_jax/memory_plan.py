@@ -1,7 +1,7 @@
 """Will a config's train step fit a device, and with which per-device batch, microbatch and remat?
 
 `measure(config, policy)` compiles the production train step (experiment.build) on one device
-at per-device batches 1 and 2 and reads XLA's memory analysis (arguments + temporaries +
+at per-device batches 4 and 8 and reads XLA's memory analysis (arguments + temporaries +
 outputs - aliases); the two points give the fixed bytes and the bytes per example.
 `plan(...)` turns those into, for a device count and memory size, the largest per-device batch
 that fits with and without FSDP, and the microbatch and remat policy to use for the config's
@@ -58,7 +58,7 @@ def _with(config, batch: int, policy: str, mode: str = "train") -> ml_collection
   return config
 
 
-def measure(config, policy: str = "none", batches: Sequence[int] = (1, 2),
+def measure(config, policy: str = "none", batches: Sequence[int] = (4, 8),
             mode: str = "train") -> Fit:
   """Compiles the train step of the model that `mode` trains (train: the UNet,
   train_classifier: the classifier) at two per-device batches on one device; fits the line."""

@@ -22,7 +22,7 @@ def cli(monkeypatch, tmp_path):
   """run(args) -> (exit code, stderr) of adm_jax.main in this process, with main's logging set-up
   undone afterwards (it stops adm_jax's logs from propagating)."""
   logger, absl_logger = logging.getLogger("adm_jax"), logging.getLogger("absl")
-  saved = (logger.handlers[:], logger.propagate, logger.level, absl_logger.level, sys.excepthook)
+  saved = (logger.handlers[:], logger.propagate, logger.level, absl_logger.level, sys.unraisablehook)
 
   def run(args, capsys):
     monkeypatch.setattr(sys, "argv", ["adm-jax"] + args)
@@ -34,7 +34,7 @@ def cli(monkeypatch, tmp_path):
   logger.handlers[:], logger.propagate = saved[0], saved[1]
   logger.setLevel(saved[2])
   absl_logger.setLevel(saved[3])
-  sys.excepthook = saved[4]
+  sys.unraisablehook = saved[4]
 
 
 def test_help_from_any_directory_says_what_and_how_and_exits_0(tmp_path):

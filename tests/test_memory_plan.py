@@ -25,11 +25,11 @@ def test_the_fit_predicts_a_compiled_size(fits):
   config, by_policy = fits
   fit = by_policy["none"]
   assert fit.per_example > 0 and fit.fixed > fit.state > fit.params > 0
-  exp = experiment.build(memory_plan._with(config, 6, "none"), shd.create_mesh(1, jax.devices()[:1]))  # pylint: disable=protected-access
+  exp = experiment.build(memory_plan._with(config, 12, "none"), shd.create_mesh(1, jax.devices()[:1]))  # pylint: disable=protected-access
   mem = exp.train_step.lower(exp.abstract_state, exp.abstract_batch()).compile().memory_analysis()
   actual = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
             - mem.alias_size_in_bytes)
-  assert memory_plan.device_bytes(fit, 6, 1) == pytest.approx(actual, rel=0.15)
+  assert memory_plan.device_bytes(fit, 12, 1) == pytest.approx(actual, rel=0.15)  # extrapolated
   # Remat trades FLOPs for activation memory.
   remat = by_policy["nothing_saveable"]
   assert remat.per_example < fit.per_example and remat.flops_per_example > fit.flops_per_example
