@@ -12,6 +12,7 @@ matches (`check_keys`). Sections use the reference's flag names where it has the
 Configs are found by path (`configs/imagenet128.py`, optionally `:ARG`) or by name
 (`imagenet128`, `imagenet:128`): see `resolve_config_path`.
 """
+
 import difflib
 import importlib.util
 import json
@@ -23,167 +24,188 @@ import ml_collections
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # A source checkout (also `pip install -e .`) has configs/ beside the package; an installed
 # wheel has them as the package adm_jax.configs (pyproject.toml maps configs/ there).
-CONFIGS_DIR = next((d for d in (os.path.join(os.path.dirname(_HERE), "configs"),
-                                os.path.join(_HERE, "configs")) if os.path.isdir(d)),
-                   os.path.join(os.path.dirname(_HERE), "configs"))
+CONFIGS_DIR = next(
+  (
+    d
+    for d in (os.path.join(os.path.dirname(_HERE), "configs"), os.path.join(_HERE, "configs"))
+    if os.path.isdir(d)
+  ),
+  os.path.join(os.path.dirname(_HERE), "configs"),
+)
 
 
 def model_defaults() -> ml_collections.ConfigDict:
   """The reference's model defaults (guided_diffusion.script_util), plus dtype."""
-  return ml_collections.ConfigDict(dict(
-      image_size=64,                 # height = width of the images (pixels)
-      in_channels=3,                 # image channels (1 for grayscale)
-      num_channels=128,              # base width; level i has channel_mult[i] * num_channels
-      num_res_blocks=2,              # ResBlocks per encoder level (decoder: one more)
-      channel_mult="",               # per-level width multipliers; "" = the reference's per-size default
+  return ml_collections.ConfigDict(
+    dict(
+      image_size=64,  # height = width of the images (pixels)
+      in_channels=3,  # image channels (1 for grayscale)
+      num_channels=128,  # base width; level i has channel_mult[i] * num_channels
+      num_res_blocks=2,  # ResBlocks per encoder level (decoder: one more)
+      channel_mult="",  # per-level width multipliers; "" = the reference's per-size default
       attention_resolutions="16,8",  # feature-map sizes (px) with self-attention
-      num_heads=4,                   # attention heads when num_head_channels == -1
-      num_head_channels=-1,          # fixed channels per head (overrides num_heads); -1: off
-      num_heads_upsample=-1,         # decoder heads; -1: num_heads
-      dropout=0.0,                   # dropout inside ResBlocks while training
-      class_cond=False,              # class-conditional (label embedding added to the time embedding)
-      num_classes=1000,              # number of classes of a class-conditional model
-      use_checkpoint=False,          # gradient checkpointing (remat) of ResBlocks / attention
-      remat_policy="",               # what remat keeps: "" (convs_saveable when use_checkpoint) | none | nothing_saveable | dots_with_no_batch_dims_saveable | convs_saveable | dots_saveable
-      use_scale_shift_norm=True,     # AdaGN: GroupNorm(h) * (1 + scale) + shift
-      resblock_updown=False,         # BigGAN-style up/down-sampling inside ResBlocks
+      num_heads=4,  # attention heads when num_head_channels == -1
+      num_head_channels=-1,  # fixed channels per head (overrides num_heads); -1: off
+      num_heads_upsample=-1,  # decoder heads; -1: num_heads
+      dropout=0.0,  # dropout inside ResBlocks while training
+      class_cond=False,  # class-conditional (label embedding added to the time embedding)
+      num_classes=1000,  # number of classes of a class-conditional model
+      use_checkpoint=False,  # gradient checkpointing (remat) of ResBlocks / attention
+      # what remat keeps: "" (convs_saveable when use_checkpoint) | none | nothing_saveable |
+      # dots_with_no_batch_dims_saveable | convs_saveable | dots_saveable
+      remat_policy="",
+      use_scale_shift_norm=True,  # AdaGN: GroupNorm(h) * (1 + scale) + shift
+      resblock_updown=False,  # BigGAN-style up/down-sampling inside ResBlocks
       use_new_attention_order=False,  # split q, k, v before heads (the reference's new order)
-      learn_sigma=False,             # learned variance: 2C output channels, hybrid loss
-      dtype="float32",               # compute dtype: float32 | bfloat16 (parameters stay float32)
-      small_size=0,                  # > 0: a super-resolution UNet conditioned on small_size images
-  ))
+      learn_sigma=False,  # learned variance: 2C output channels, hybrid loss
+      dtype="float32",  # compute dtype: float32 | bfloat16 (parameters stay float32)
+      small_size=0,  # > 0: a super-resolution UNet conditioned on small_size images
+    )
+  )
 
 
 def diffusion_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      diffusion_steps=1000,          # T, the steps of the training process
-      noise_schedule="linear",       # linear | cosine
-      use_kl=False,                  # loss RESCALED_KL (T times the variational bound)
-      predict_xstart=False,          # the network predicts x_0 instead of eps
-      rescale_timesteps=False,       # networks see t * 1000 / T instead of t
+  return ml_collections.ConfigDict(
+    dict(
+      diffusion_steps=1000,  # T, the steps of the training process
+      noise_schedule="linear",  # linear | cosine
+      use_kl=False,  # loss RESCALED_KL (T times the variational bound)
+      predict_xstart=False,  # the network predicts x_0 instead of eps
+      rescale_timesteps=False,  # networks see t * 1000 / T instead of t
       rescale_learned_sigmas=False,  # loss RESCALED_MSE (vb term times T / 1000)
-      timestep_respacing="",         # respacing of the process the nll mode integrates ("" = all T)
-      schedule_sampler="uniform",    # t sampler while training: uniform | loss-second-moment
-  ))
+      timestep_respacing="",  # respacing of the process the nll mode integrates ("" = all T)
+      schedule_sampler="uniform",  # t sampler while training: uniform | loss-second-moment
+    )
+  )
 
 
 def classifier_defaults() -> ml_collections.ConfigDict:
   """Classifier flags of the reference plus training options for --mode=train_classifier."""
-  return ml_collections.ConfigDict(dict(
-      classifier_width=128,          # base width of the classifier's encoder
-      classifier_depth=2,            # ResBlocks per level
+  return ml_collections.ConfigDict(
+    dict(
+      classifier_width=128,  # base width of the classifier's encoder
+      classifier_depth=2,  # ResBlocks per level
       classifier_attention_resolutions="32,16,8",  # feature-map sizes (px) with attention
       classifier_use_scale_shift_norm=True,  # AdaGN in the classifier's ResBlocks
       classifier_resblock_updown=True,  # ResBlock downsampling
-      classifier_pool="attention",   # head: adaptive | attention | spatial | spatial_v2
-      channel_mult="",               # per-level multipliers; "" = the per-size default
-      num_classes=1000,              # classes the classifier predicts (>= the model's)
-      dtype="float32",               # compute dtype: float32 | bfloat16
-      use_checkpoint=False,          # remat of the classifier's blocks
-      remat_policy="",               # as model.remat_policy
+      classifier_pool="attention",  # head: adaptive | attention | spatial | spatial_v2
+      channel_mult="",  # per-level multipliers; "" = the per-size default
+      num_classes=1000,  # classes the classifier predicts (>= the model's)
+      dtype="float32",  # compute dtype: float32 | bfloat16
+      use_checkpoint=False,  # remat of the classifier's blocks
+      remat_policy="",  # as model.remat_policy
       # training (the reference's scripts/classifier_train.py defaults)
-      noised=True,                   # train on x_t (t from schedule_sampler); False: on x_0
-      iterations=150000,             # training steps
-      lr=3e-4,                       # AdamW learning rate
-      weight_decay=0.0,              # AdamW weight decay
-      lr_anneal_steps=0,             # > 0: linear decay of lr to 0 over this many steps
-      batch_size=64,                 # global batch
-      microbatch=-1,                 # accumulate gradients over microbatches of this size (-1: off)
-      schedule_sampler="uniform",    # t sampler: uniform | loss-second-moment
-      eval_every=1000,               # steps between validation passes
-      eval_batches=4,                # validation batches per pass
-      log_every=10,                  # steps between metric rows
-      checkpoint_every=10000,        # steps between checkpoints
-      checkpoint_dir="classifier",   # WORKDIR/<checkpoint_dir> holds its checkpoints and metrics
-  ))
+      noised=True,  # train on x_t (t from schedule_sampler); False: on x_0
+      iterations=150000,  # training steps
+      lr=3e-4,  # AdamW learning rate
+      weight_decay=0.0,  # AdamW weight decay
+      lr_anneal_steps=0,  # > 0: linear decay of lr to 0 over this many steps
+      batch_size=64,  # global batch
+      microbatch=-1,  # accumulate gradients over microbatches of this size (-1: off)
+      schedule_sampler="uniform",  # t sampler: uniform | loss-second-moment
+      eval_every=1000,  # steps between validation passes
+      eval_batches=4,  # validation batches per pass
+      log_every=10,  # steps between metric rows
+      checkpoint_every=10000,  # steps between checkpoints
+      checkpoint_dir="classifier",  # WORKDIR/<checkpoint_dir> holds its checkpoints and metrics
+    )
+  )
 
 
 def data_defaults() -> ml_collections.ConfigDict:
   """Every data option with its default (read by adm_jax.data)."""
-  return ml_collections.ConfigDict(dict(
-      name="fashion_mnist",          # fashion_mnist | folder | tfds | arrays
-      data_dir="",                   # folder: the image directory; tfds: TFDS data_dir
-      eval_dir="",                   # folder: images of the eval split ("" = data_dir)
-      tfds_name="",                  # tfds: dataset name, e.g. imagenet2012, cifar10
-      train_split="train",           # tfds split used for training
-      eval_split="test",             # split for evaluation and validation
-      image_key="image",             # tfds feature holding the image
-      label_key="label",             # tfds feature holding the label
-      fashion_mnist_dir="",          # IDX files; default: Debian's, else the embedded subset
-      folder_labels="prefix",        # folder labels: prefix (reference) | subdir | none
-      channels=3,                    # 1 keeps grayscale; 3 converts to RGB
-      random_crop=False,             # the reference's random crop (classifier training forces it)
-      random_flip=False,             # random horizontal flips
-      on_corrupt="skip",             # unreadable image: skip (and count) | raise (with the path)
-      num_workers=4,                 # decoding threads
-      prefetch=2,                    # batches decoded ahead
-      shuffle=True,                  # per-epoch permutations (False: file order)
-  ))
+  return ml_collections.ConfigDict(
+    dict(
+      name="fashion_mnist",  # fashion_mnist | folder | tfds | arrays
+      data_dir="",  # folder: the image directory; tfds: TFDS data_dir
+      eval_dir="",  # folder: images of the eval split ("" = data_dir)
+      tfds_name="",  # tfds: dataset name, e.g. imagenet2012, cifar10
+      train_split="train",  # tfds split used for training
+      eval_split="test",  # split for evaluation and validation
+      image_key="image",  # tfds feature holding the image
+      label_key="label",  # tfds feature holding the label
+      fashion_mnist_dir="",  # IDX files; default: Debian's, else the embedded subset
+      folder_labels="prefix",  # folder labels: prefix (reference) | subdir | none
+      channels=3,  # 1 keeps grayscale; 3 converts to RGB
+      random_crop=False,  # the reference's random crop (classifier training forces it)
+      random_flip=False,  # random horizontal flips
+      on_corrupt="skip",  # unreadable image: skip (and count) | raise (with the path)
+      num_workers=4,  # decoding threads
+      prefetch=2,  # batches decoded ahead
+      shuffle=True,  # per-epoch permutations (False: file order)
+    )
+  )
 
 
 def train_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      seed=0,                        # initialisation, t / noise / dropout draws and data order
-      batch_size=256,                # global batch (split over all devices of all hosts)
-      microbatch=-1,                 # accumulate gradients over microbatches of this global size (-1: off)
-      lr=1e-4,                       # AdamW learning rate
-      weight_decay=0.0,              # AdamW weight decay
-      lr_anneal_steps=0,             # > 0: linear decay of lr to 0 over this many steps
-      grad_clip=0.0,                 # > 0: clip gradients to this global norm
-      ema_rate="0.9999",             # EMA rate(s), comma-separated
-      num_steps=500000,              # training steps
-      p_uncond=0.0,                  # label dropout to the null class (classifier-free guidance)
-      fsdp=1,                        # devices each parameter is sharded over (1: replicated)
-      fsdp_min_size=16384,           # with fsdp: tensors of fewer elements stay replicated
-      log_every=100,                 # steps between metric rows
-      checkpoint_every=10000,        # steps between checkpoints
-      keep_checkpoints=3,            # newest checkpoints kept
-      async_checkpoint=True,         # write checkpoints in the background
-      sample_every=10000,            # steps between sample grids
-      grid_samples=16,               # images per grid (0: no grids)
-      grid_sampler="ddim",           # sampler of the grids (any of sample.sampler's)
-      grid_steps=0,                  # grid sampler's network evaluations (0: grid_timestep_respacing)
-      grid_timestep_respacing="ddim50",       # respacing of a ddpm / ddim grid when grid_steps is 0
+  return ml_collections.ConfigDict(
+    dict(
+      seed=0,  # initialisation, t / noise / dropout draws and data order
+      batch_size=256,  # global batch (split over all devices of all hosts)
+      microbatch=-1,  # accumulate gradients over microbatches of this global size (-1: off)
+      lr=1e-4,  # AdamW learning rate
+      weight_decay=0.0,  # AdamW weight decay
+      lr_anneal_steps=0,  # > 0: linear decay of lr to 0 over this many steps
+      grad_clip=0.0,  # > 0: clip gradients to this global norm
+      ema_rate="0.9999",  # EMA rate(s), comma-separated
+      num_steps=500000,  # training steps
+      p_uncond=0.0,  # label dropout to the null class (classifier-free guidance)
+      fsdp=1,  # devices each parameter is sharded over (1: replicated)
+      fsdp_min_size=16384,  # with fsdp: tensors of fewer elements stay replicated
+      log_every=100,  # steps between metric rows
+      checkpoint_every=10000,  # steps between checkpoints
+      keep_checkpoints=3,  # newest checkpoints kept
+      async_checkpoint=True,  # write checkpoints in the background
+      sample_every=10000,  # steps between sample grids
+      grid_samples=16,  # images per grid (0: no grids)
+      grid_sampler="ddim",  # sampler of the grids (any of sample.sampler's)
+      grid_steps=0,  # grid sampler's network evaluations (0: grid_timestep_respacing)
+      grid_timestep_respacing="ddim50",  # respacing of a ddpm / ddim grid when grid_steps is 0
       grid_time_schedule="time_uniform",  # time schedule of a solver grid (as sample.time_schedule)
-      grid_solver_order=0,           # order of a unipc grid (as sample.solver_order)
-      grid_unipc_variant="",         # variant of a unipc grid (as sample.unipc_variant)
-      grid_cfg_scale=0.0,            # classifier-free guidance scale of the grids
-      progress=True,                 # progress bar
-      tensorboard=True,              # also write TensorBoard summaries when TensorFlow is installed
-      allow_config_change=False,     # resume a checkpoint although the run's settings changed (listed)
-  ))
+      grid_solver_order=0,  # order of a unipc grid (as sample.solver_order)
+      grid_unipc_variant="",  # variant of a unipc grid (as sample.unipc_variant)
+      grid_cfg_scale=0.0,  # classifier-free guidance scale of the grids
+      progress=True,  # progress bar
+      tensorboard=True,  # also write TensorBoard summaries when TensorFlow is installed
+      allow_config_change=False,  # resume a checkpoint although the run's settings changed (listed)
+    )
+  )
 
 
 def sample_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      num_samples=10000,             # images to sample
-      batch_size=64,                 # images per sampling call (split over devices)
-      sampler="ddpm",                # ddpm (ancestral) | ddim | dpmpp_1 | dpmpp_2m | dpmpp_3m | dpmpp_2s | sde_dpmpp_2m | plms | unipc
-      steps=0,                       # network evaluations per image (0: timestep_respacing; solvers need >= 1)
-      timestep_respacing="250",      # respacing of ddpm / ddim when steps is 0
+  return ml_collections.ConfigDict(
+    dict(
+      num_samples=10000,  # images to sample
+      batch_size=64,  # images per sampling call (split over devices)
+      # ddpm (ancestral) | ddim | dpmpp_1 | dpmpp_2m | dpmpp_3m | dpmpp_2s | sde_dpmpp_2m | plms |
+      # unipc
+      sampler="ddpm",
+      steps=0,  # network evaluations per image (0: timestep_respacing; solvers need >= 1)
+      timestep_respacing="250",  # respacing of ddpm / ddim when steps is 0
       time_schedule="time_uniform",  # solvers: time_uniform | logsnr | time_quadratic | karras
-      thresholding=False,            # solvers: Imagen's dynamic thresholding of x_0
-      solver_order=0,                # unipc: order 1 | 2 | 3 (0: 3 unguided, 2 guided)
-      unipc_variant="",              # unipc: bh1 | bh2 ("": bh2)
-      eta=0.0,                       # DDIM noise (0: deterministic)
-      use_ema=True,                  # sample with the EMA parameters
-      ema_index=-1,                  # which EMA rate (index into train.ema_rate)
-      clip_denoised=True,            # clip the x_0 prediction to [-1, 1]
-      classifier_scale=0.0,          # classifier guidance scale (>= 0; 0: off)
-      cfg_scale=0.0,                 # classifier-free guidance scale w (>= 0; 0: off)
-      classifier_path="",            # classifier: a converted checkpoint or a workdir ("" = this one)
-      checkpoint_path="",            # sample a converted reference checkpoint instead of the workdir's
-      labels="random",               # random | one class (3) | a list cycled (0,1,2)
-      seed=0,                        # sampling seed (batch i uses fold_in(seed, i))
-      output_dir="samples",          # under the workdir unless absolute
-      base_samples="",               # super-resolution: npz of base samples to upsample
-      reference_batch="",            # eval: reference npz or statistics ("" = the eval split)
-      sample_npz="",                 # eval: the samples to score ("" = the newest samples_*.npz)
-      feature_net="fmnist_cnn_v1",   # eval feature network: fmnist_cnn_v1 | inception_v3
-      inception_weights="",          # inception_v3: path of pytorch-fid's weights file
-      nll_split="test",              # nll: data split
-      nll_batches=1,                 # nll: batches of batch_size images
-  ))
+      thresholding=False,  # solvers: Imagen's dynamic thresholding of x_0
+      solver_order=0,  # unipc: order 1 | 2 | 3 (0: 3 unguided, 2 guided)
+      unipc_variant="",  # unipc: bh1 | bh2 ("": bh2)
+      eta=0.0,  # DDIM noise (0: deterministic)
+      use_ema=True,  # sample with the EMA parameters
+      ema_index=-1,  # which EMA rate (index into train.ema_rate)
+      clip_denoised=True,  # clip the x_0 prediction to [-1, 1]
+      classifier_scale=0.0,  # classifier guidance scale (>= 0; 0: off)
+      cfg_scale=0.0,  # classifier-free guidance scale w (>= 0; 0: off)
+      classifier_path="",  # classifier: a converted checkpoint or a workdir ("" = this one)
+      checkpoint_path="",  # sample a converted reference checkpoint instead of the workdir's
+      labels="random",  # random | one class (3) | a list cycled (0,1,2)
+      seed=0,  # sampling seed (batch i uses fold_in(seed, i))
+      output_dir="samples",  # under the workdir unless absolute
+      base_samples="",  # super-resolution: npz of base samples to upsample
+      reference_batch="",  # eval: reference npz or statistics ("" = the eval split)
+      sample_npz="",  # eval: the samples to score ("" = the newest samples_*.npz)
+      feature_net="fmnist_cnn_v1",  # eval feature network: fmnist_cnn_v1 | inception_v3
+      inception_weights="",  # inception_v3: path of pytorch-fid's weights file
+      nll_split="test",  # nll: data split
+      nll_batches=1,  # nll: batches of batch_size images
+    )
+  )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -194,19 +216,24 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = data_defaults()
   config.train = train_defaults()
   config.sample = sample_defaults()
-  config.distributed = "auto"        # jax.distributed start-up: auto | on | off
+  config.distributed = "auto"  # jax.distributed start-up: auto | on | off
   return config
 
 
 def diffusion_kwargs(config, timestep_respacing=None) -> dict:
   """Keyword arguments of diffusion.create_gaussian_diffusion from a full config."""
   d = config.diffusion
-  return dict(steps=d.diffusion_steps, learn_sigma=config.model.learn_sigma, sigma_small=False,
-              noise_schedule=d.noise_schedule, use_kl=d.use_kl, predict_xstart=d.predict_xstart,
-              rescale_timesteps=d.rescale_timesteps,
-              rescale_learned_sigmas=d.rescale_learned_sigmas,
-              timestep_respacing=d.timestep_respacing if timestep_respacing is None
-              else timestep_respacing)
+  return dict(
+    steps=d.diffusion_steps,
+    learn_sigma=config.model.learn_sigma,
+    sigma_small=False,
+    noise_schedule=d.noise_schedule,
+    use_kl=d.use_kl,
+    predict_xstart=d.predict_xstart,
+    rescale_timesteps=d.rescale_timesteps,
+    rescale_learned_sigmas=d.rescale_learned_sigmas,
+    timestep_respacing=d.timestep_respacing if timestep_respacing is None else timestep_respacing,
+  )
 
 
 def model_config_for_training(config) -> ml_collections.ConfigDict:
@@ -261,10 +288,14 @@ def resolve_config_path(spec: str) -> str:
     if os.path.exists(candidate):
       path = candidate
   if not os.path.exists(path):
-    names = sorted(n[:-3] for n in os.listdir(CONFIGS_DIR)
-                   if n.endswith(".py") and not n.startswith("_")) if os.path.isdir(CONFIGS_DIR) else []
-    raise FileNotFoundError(f"config {spec!r} not found: give a file path or one of the names "
-                            f"{', '.join(names)}")
+    names = (
+      sorted(n[:-3] for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and not n.startswith("_"))
+      if os.path.isdir(CONFIGS_DIR)
+      else []
+    )
+    raise FileNotFoundError(
+      f"config {spec!r} not found: give a file path or one of the names {', '.join(names)}"
+    )
   return os.path.abspath(path) + (sep + arg if sep else "")
 
 

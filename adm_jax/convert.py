@@ -10,6 +10,7 @@ GroupNorm weight → scale; attention-pool positional embedding (C, T) → (T, C
 writes an orbax checkpoint of {'params'} plus `adm_jax_model.json` (kind and flags) that
 `load_converted(DIR)` and `--mode=sample` (sample.checkpoint_path=DIR) read.
 """
+
 import argparse
 import json
 import os
@@ -56,8 +57,10 @@ def _to_flax(name: str, tensor: np.ndarray, shape: Tuple[int, ...], leaf: str) -
   elif leaf == "positional_embedding":
     t = t.T
   if t.shape != tuple(shape):
-    raise ValueError(f"tensor {name!r}: checkpoint shape {tuple(tensor.shape)} does not fit "
-                     f"the configured network (needs {tuple(shape)} in Flax layout)")
+    raise ValueError(
+      f"tensor {name!r}: checkpoint shape {tuple(tensor.shape)} does not fit "
+      f"the configured network (needs {tuple(shape)} in Flax layout)"
+    )
   return t
 
 
@@ -70,14 +73,18 @@ def state_dict_to_params(state_dict: Mapping[str, Any], abstract_params) -> Dict
     names = tuple(getattr(k, "key", getattr(k, "name", str(k))) for k in path)
     key = torch_key(names)
     if key not in state_dict:
-      raise ValueError(f"tensor {key!r} (Flax {'/'.join(names)}) is missing from the checkpoint; "
-                       "is the config right for this checkpoint?")
+      raise ValueError(
+        f"tensor {key!r} (Flax {'/'.join(names)}) is missing from the checkpoint; "
+        "is the config right for this checkpoint?"
+      )
     leaves.append(_to_flax(key, _numpy(state_dict[key]), spec.shape, names[-1]))
     used.add(key)
   extra = sorted(k for k in state_dict if k not in used)
   if extra:
-    raise ValueError(f"checkpoint tensor {extra[0]!r} (and {len(extra) - 1} more) has no place in "
-                     "the configured network; is the config right for this checkpoint?")
+    raise ValueError(
+      f"checkpoint tensor {extra[0]!r} (and {len(extra) - 1} more) has no place in "
+      "the configured network; is the config right for this checkpoint?"
+    )
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -97,11 +104,16 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise ImportError(f"reading {path} needs torch (pip install torch); or convert it to .npz "
-                      "with numpy.savez(**state_dict) on a machine that has torch") from None
+    raise ImportError(
+      f"reading {path} needs torch (pip install torch); or convert it to .npz "
+      "with numpy.savez(**state_dict) on a machine that has torch"
+    ) from None
   state = torch.load(path, map_location="cpu", weights_only=True)
-  if isinstance(state, dict) and "state_dict" in state and not any(
-      hasattr(v, "shape") for v in state.values()):
+  if (
+    isinstance(state, dict)
+    and "state_dict" in state
+    and not any(hasattr(v, "shape") for v in state.values())
+  ):
     state = state["state_dict"]
   return {k: _numpy(v) for k, v in state.items()}
 
@@ -161,14 +173,22 @@ def load_converted(path: str):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True, help="reference .pt or .npz state dict")
-  parser.add_argument("--config", required=True,
-                      help="released name (e.g. 256x256_diffusion), a config.json or a JSON of flags")
-  parser.add_argument("--kind", choices=KINDS, default=None,
-                      help="network kind (default: from the released name, else unet)")
+  parser.add_argument(
+    "--config",
+    required=True,
+    help="released name (e.g. 256x256_diffusion), a config.json or a JSON of flags",
+  )
+  parser.add_argument(
+    "--kind",
+    choices=KINDS,
+    default=None,
+    help="network kind (default: from the released name, else unet)",
+  )
   parser.add_argument("--out", required=True, help="output directory")
   args = parser.parse_args(argv)
-  kind = args.kind or (models.released_kind(args.config) if not args.config.endswith(".json")
-                       else "unet")
+  kind = args.kind or (
+    models.released_kind(args.config) if not args.config.endswith(".json") else "unet"
+  )
   flags = resolve_config(args.config, kind)
   _, params = convert(args.checkpoint, flags, kind)
   save_converted(args.out, params, kind, flags)

@@ -12,6 +12,7 @@ In under 8 minutes on one NVIDIA H100 / H200 (or a TPU host), prints one table:
 On a machine without an accelerator it runs the same on the CPU (parity then compares the
 CPU with itself) so that the script itself is tested.
 """
+
 import argparse
 import json
 import sys
@@ -31,8 +32,7 @@ from adm_jax.benchmarks import timing
 # |accelerator - CPU| / max(|CPU|, floor): float32 on a GPU uses TF32 (10-bit mantissa) for
 # convolutions and matmuls unless jax_default_matmul_precision is 'highest'.
 TOLERANCE = {"loss": 5e-3, "grad_norm": 2e-2, "params": 2e-3, "sample": 5e-3}
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "v5e": 197.0, "v4": 275.0,
-               "v5p": 459.0}
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "v5e": 197.0, "v4": 275.0, "v5p": 459.0}
 
 
 def _accelerator():
@@ -66,17 +66,25 @@ def parity(config, device) -> dict:
       new, metrics = exp.train_step(state, batch)
       classifier = networks.classifier(config)
       sample_fn = sampling.make_sample_fn(
-          exp.network.inference_fn(), exp.diffusion, exp.image_shape,
-          sampling.SamplerSpec("ddpm", 1), class_cond=True,
-          classifier_fn=classifier.inference_fn(), classifier_scale=1.0)
+        exp.network.inference_fn(),
+        exp.diffusion,
+        exp.image_shape,
+        sampling.SamplerSpec("ddpm", 1),
+        class_cond=True,
+        classifier_fn=classifier.inference_fn(),
+        classifier_scale=1.0,
+      )
       labels = jnp.arange(4, dtype=jnp.int32) % config.model.num_classes
-      images = sample_fn(new.params, jax.random.PRNGKey(3), labels,
-                         jax.jit(classifier.init)(jax.random.PRNGKey(1)))
+      images = sample_fn(
+        new.params, jax.random.PRNGKey(3), labels, jax.jit(classifier.init)(jax.random.PRNGKey(1))
+      )
       runs[name] = jax.device_get((metrics, new.params, images))
   (m_cpu, p_cpu, s_cpu), (m_dev, p_dev, s_dev) = runs["cpu"], runs["device"]
   out["loss"] = _relative(m_dev["weighted_loss"], m_cpu["weighted_loss"])
   out["grad_norm"] = _relative(m_dev["grad_norm"], m_cpu["grad_norm"])
-  out["params"] = max(_relative(a, b) for a, b in zip(jax.tree.leaves(p_dev), jax.tree.leaves(p_cpu)))
+  out["params"] = max(
+    _relative(a, b) for a, b in zip(jax.tree.leaves(p_dev), jax.tree.leaves(p_cpu))
+  )
   out["sample"] = _relative(s_dev, s_cpu)
   out["ok"] = all(out[k] <= TOLERANCE[k] for k in TOLERANCE)
   return out
@@ -101,8 +109,12 @@ def train_throughput(config, batches, steps: int) -> dict:
         print(f"  batch {batch}: out of memory, trying a smaller one", flush=True)
         continue
       raise
-    result.update(batch=batch, images_per_s=batch / result["median_s"],
-                  flops_per_image=stats.get("flops", 0.0) / batch, compile_s=stats["compile_s"])
+    result.update(
+      batch=batch,
+      images_per_s=batch / result["median_s"],
+      flops_per_image=stats.get("flops", 0.0) / batch,
+      compile_s=stats["compile_s"],
+    )
     return result
   return {}
 
@@ -111,24 +123,31 @@ def guided_sampling(config, batch: int, steps: int, repeats: int) -> dict:
   """Seconds per classifier-guided ancestral step (one UNet forward + classifier gradient)."""
   results = timing.bench_sample(config, batch, steps, repeats, 1, skip=["cfg"], samplers=("ddpm",))
   r = results["ddpm_classifier"]
-  return {"s_per_step": r["s_per_step"], "steps_per_s": 1.0 / r["s_per_step"], "batch": batch,
-          "images_steps_per_s": batch / r["s_per_step"]}
+  return {
+    "s_per_step": r["s_per_step"],
+    "steps_per_s": 1.0 / r["s_per_step"],
+    "batch": batch,
+    "images_steps_per_s": batch / r["s_per_step"],
+  }
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--small", default="fashion_mnist", help="config of the parity check")
   parser.add_argument("--big", default="imagenet128", help="config of the throughput checks")
-  parser.add_argument("--batches", default="64,48,32,16,8,4",
-                      help="per-device train batches to try, largest first")
+  parser.add_argument(
+    "--batches", default="64,48,32,16,8,4", help="per-device train batches to try, largest first"
+  )
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--sample_batch", type=int, default=64)
   parser.add_argument("--out", default="device_check.json")
   args = parser.parse_args(argv)
   device = _accelerator()
   start = time.perf_counter()
-  print(f"device: {device.device_kind if device else 'none (CPU only)'}; jax {jax.__version__}",
-        flush=True)
+  print(
+    f"device: {device.device_kind if device else 'none (CPU only)'}; jax {jax.__version__}",
+    flush=True,
+  )
   small = config_base.from_config_file(args.small)
   small.train.update(batch_size=4, microbatch=-1)
   results = {"device": device.device_kind if device else "cpu", "parity": parity(small, device)}
@@ -142,24 +161,34 @@ def main(argv=None):
     train["mfu"] = train["flops_per_image"] * train["images_per_s"] / (peak * 1e12)
   results["guided"] = guided_sampling(big, args.sample_batch, 5, 3)
   stats = (device.memory_stats() or {}) if device is not None else {}
-  results["peak_GiB"] = stats.get("peak_bytes_in_use", 0) / 2 ** 30
+  results["peak_GiB"] = stats.get("peak_bytes_in_use", 0) / 2**30
   results["wall_s"] = time.perf_counter() - start
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
   p = results["parity"]
-  rows = [("parity train step: loss / grad norm / params (rel.)",
-           f"{p['loss']:.1e} / {p['grad_norm']:.1e} / {p['params']:.1e}",
-           f"<= {TOLERANCE['loss']:.0e} / {TOLERANCE['grad_norm']:.0e} / {TOLERANCE['params']:.0e}"),
-          ("parity guided sampling step (rel.)", f"{p['sample']:.1e}", f"<= {TOLERANCE['sample']:.0e}"),
-          (f"{args.big} bf16 train: per-device batch", str(train.get("batch", "none fits")), ""),
-          ("  images/s", f"{train.get('images_per_s', 0):.1f}", f"step {train.get('median_s', 0):.3f} s"),
-          ("  MFU", f"{100 * train['mfu']:.1f}%" if "mfu" in train else "-",
-           f"peak {peak:.0f} TFLOP/s" if peak else "peak unknown"),
-          (f"{args.big} guided ancestral steps/s (batch {args.sample_batch})",
-           f"{results['guided']['steps_per_s']:.2f}", ""),
-          ("peak memory", f"{results['peak_GiB']:.1f} GiB", ""),
-          ("parity within tolerance", "yes" if p["ok"] else "NO", ""),
-          ("wall time", f"{results['wall_s']:.0f} s", "")]
+  rows = [
+    (
+      "parity train step: loss / grad norm / params (rel.)",
+      f"{p['loss']:.1e} / {p['grad_norm']:.1e} / {p['params']:.1e}",
+      f"<= {TOLERANCE['loss']:.0e} / {TOLERANCE['grad_norm']:.0e} / {TOLERANCE['params']:.0e}",
+    ),
+    ("parity guided sampling step (rel.)", f"{p['sample']:.1e}", f"<= {TOLERANCE['sample']:.0e}"),
+    (f"{args.big} bf16 train: per-device batch", str(train.get("batch", "none fits")), ""),
+    ("  images/s", f"{train.get('images_per_s', 0):.1f}", f"step {train.get('median_s', 0):.3f} s"),
+    (
+      "  MFU",
+      f"{100 * train['mfu']:.1f}%" if "mfu" in train else "-",
+      f"peak {peak:.0f} TFLOP/s" if peak else "peak unknown",
+    ),
+    (
+      f"{args.big} guided ancestral steps/s (batch {args.sample_batch})",
+      f"{results['guided']['steps_per_s']:.2f}",
+      "",
+    ),
+    ("peak memory", f"{results['peak_GiB']:.1f} GiB", ""),
+    ("parity within tolerance", "yes" if p["ok"] else "NO", ""),
+    ("wall time", f"{results['wall_s']:.0f} s", ""),
+  ]
   width = max(len(r[0]) for r in rows)
   print("\n" + "\n".join(f"{a:{width}s}  {b:>22s}  {c}" for a, b, c in rows))
   return 0 if p["ok"] else 1

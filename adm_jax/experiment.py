@@ -11,6 +11,7 @@ shardings and the jitted train step. The training modes, the benchmark, the memo
 the tests build here, so the benchmark times exactly the step training runs. Sampling and
 evaluation need none of this: adm_jax.restore reads parameters alone.
 """
+
 import dataclasses
 import json
 import os
@@ -34,34 +35,47 @@ from adm_jax.training import update
 @dataclasses.dataclass
 class Experiment:
   """The built objects of one trainable model of a config (see the module docstring)."""
+
   config: ml_collections.ConfigDict
   mesh: Any
   network: networks.Network
   diffusion: diff.GaussianDiffusion  # the un-respaced process the model trains on
   timestep_sampler: diff.ScheduleSampler
-  tx: Any                            # the optax optimizer (with its schedule)
+  tx: Any  # the optax optimizer (with its schedule)
   ema_rates: Tuple[float, ...]
   seed: int
-  batch_size: int                    # global batch of the train step
+  batch_size: int  # global batch of the train step
   microbatches: int
   abstract_state: state_lib.TrainState  # ShapeDtypeStructs with their shardings
   state_shardings: state_lib.TrainState
-  train_step: Callable               # jitted (state, batch) -> (state, metrics)
+  train_step: Callable  # jitted (state, batch) -> (state, metrics)
 
-  mode: ClassVar[str] = ""           # the --mode that trains it
+  mode: ClassVar[str] = ""  # the --mode that trains it
   # What changes the run's results (resuming under other values is refused): config keys
   # or whole sections ('model.*'), less the keys in NOT_IDENTITY.
   IDENTITY: ClassVar[Tuple[str, ...]] = ()
   # What the built objects depend on (a prebuilt experiment serves configs that agree on
   # these, less NOT_IDENTITY's run-length and logging keys).
   BUILT_FROM: ClassVar[Tuple[str, ...]] = ()
-  NOT_IDENTITY: ClassVar[Tuple[str, ...]] = ("model.use_checkpoint", "model.remat_policy",
-                  "classifier.use_checkpoint", "classifier.remat_policy", "classifier.iterations",
-                  "classifier.eval_every", "classifier.eval_batches", "classifier.log_every",
-                  "classifier.checkpoint_every", "classifier.checkpoint_dir",
-                  "classifier.microbatch", "data.num_workers", "data.prefetch",
-                  "data.on_corrupt", "data.eval_dir", "data.eval_split",
-                  "diffusion.timestep_respacing")
+  NOT_IDENTITY: ClassVar[Tuple[str, ...]] = (
+    "model.use_checkpoint",
+    "model.remat_policy",
+    "classifier.use_checkpoint",
+    "classifier.remat_policy",
+    "classifier.iterations",
+    "classifier.eval_every",
+    "classifier.eval_batches",
+    "classifier.log_every",
+    "classifier.checkpoint_every",
+    "classifier.checkpoint_dir",
+    "classifier.microbatch",
+    "data.num_workers",
+    "data.prefetch",
+    "data.on_corrupt",
+    "data.eval_dir",
+    "data.eval_split",
+    "diffusion.timestep_respacing",
+  )
 
   @property
   def model(self):
@@ -77,15 +91,23 @@ class Experiment:
 
   def init_state(self) -> state_lib.TrainState:
     """The initial state, created directly in its sharded layout."""
-    return state_lib.init_train_state(self.network.init, self.tx, self.timestep_sampler,
-                                      self.ema_rates, self.seed, self.state_shardings)
+    return state_lib.init_train_state(
+      self.network.init,
+      self.tx,
+      self.timestep_sampler,
+      self.ema_rates,
+      self.seed,
+      self.state_shardings,
+    )
 
   def abstract_batch(self, batch_size: Optional[int] = None) -> Dict[str, jax.ShapeDtypeStruct]:
     """ShapeDtypeStructs of a global batch (for lowering and memory analysis)."""
     n = batch_size or self.batch_size
     sharding = shd.batch_sharding(self.mesh)
-    return {"image": jax.ShapeDtypeStruct((n,) + self.image_shape, jnp.float32, sharding=sharding),
-            "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=sharding)}
+    return {
+      "image": jax.ShapeDtypeStruct((n,) + self.image_shape, jnp.float32, sharding=sharding),
+      "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=sharding),
+    }
 
   def directory(self, workdir: str) -> str:
     """Where this model's checkpoints/ and metrics.jsonl live."""
@@ -117,37 +139,71 @@ class Experiment:
   def batches(self, start_step: int, split: str = "train", seed: Optional[int] = None):
     """This host's slices of the global batches from `start_step` (a BatchIterator)."""
     return data_lib.create_data_iterator(
-        self.data_config(), global_batch_size=self.batch_size,
-        image_size=self.config.model.image_size,
-        seed=self.config.train.seed if seed is None else seed, start_step=start_step,
-        process_index=jax.process_index(), process_count=jax.process_count(), split=split,
-        num_classes=self.label_classes(), source=self.source(split))
+      self.data_config(),
+      global_batch_size=self.batch_size,
+      image_size=self.config.model.image_size,
+      seed=self.config.train.seed if seed is None else seed,
+      start_step=start_step,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      split=split,
+      num_classes=self.label_classes(),
+      source=self.source(split),
+    )
 
 
 @dataclasses.dataclass
 class DiffusionExperiment(Experiment):
   """The diffusion UNet of a config."""
+
   mode: ClassVar[str] = "train"
   IDENTITY: ClassVar[Tuple[str, ...]] = (
-      "model.*", "diffusion.*", "data.*", "train.seed", "train.batch_size", "train.lr",
-      "train.weight_decay", "train.lr_anneal_steps", "train.grad_clip", "train.ema_rate",
-      "train.p_uncond")
+    "model.*",
+    "diffusion.*",
+    "data.*",
+    "train.seed",
+    "train.batch_size",
+    "train.lr",
+    "train.weight_decay",
+    "train.lr_anneal_steps",
+    "train.grad_clip",
+    "train.ema_rate",
+    "train.p_uncond",
+  )
   BUILT_FROM: ClassVar[Tuple[str, ...]] = (
-      "model.*", "diffusion.*", "train.seed", "train.batch_size", "train.microbatch", "train.lr",
-      "train.weight_decay", "train.lr_anneal_steps", "train.grad_clip", "train.ema_rate",
-      "train.p_uncond", "train.fsdp", "train.fsdp_min_size")
+    "model.*",
+    "diffusion.*",
+    "train.seed",
+    "train.batch_size",
+    "train.microbatch",
+    "train.lr",
+    "train.weight_decay",
+    "train.lr_anneal_steps",
+    "train.grad_clip",
+    "train.ema_rate",
+    "train.p_uncond",
+    "train.fsdp",
+    "train.fsdp_min_size",
+  )
 
 
 @dataclasses.dataclass
 class ClassifierExperiment(Experiment):
   """The noisy-image classifier of a config, trained on x_t of the config's process."""
+
   eval_step: Optional[Callable] = None  # jitted (state, batch) -> metrics, no update
 
   mode: ClassVar[str] = "train_classifier"
   IDENTITY: ClassVar[Tuple[str, ...]] = ("classifier.*", "diffusion.*", "data.*", "train.seed")
   BUILT_FROM: ClassVar[Tuple[str, ...]] = (
-      "classifier.*", "model.image_size", "model.in_channels", "diffusion.*", "train.seed",
-      "train.fsdp", "train.fsdp_min_size")
+    "classifier.*",
+    "model.image_size",
+    "model.in_channels",
+    "diffusion.*",
+    "train.seed",
+    "train.fsdp",
+    "train.fsdp_min_size",
+  )
 
   def directory(self, workdir: str) -> str:
     return os.path.join(workdir, self.config.classifier.checkpoint_dir)
@@ -183,8 +239,9 @@ def class_names(config) -> Optional[list]:
 
 
 # ----------------------------------------------------------------------------- builders
-def build(config: ml_collections.ConfigDict, mesh=None, *,
-          donate: bool = True) -> DiffusionExperiment:
+def build(
+  config: ml_collections.ConfigDict, mesh=None, *, donate: bool = True
+) -> DiffusionExperiment:
   """The diffusion model of a config: network, process, t sampler, optimizer, state, step."""
   t = config.train
   mesh = mesh or shd.create_mesh(t.fsdp)
@@ -193,19 +250,45 @@ def build(config: ml_collections.ConfigDict, mesh=None, *,
   sampler = diff.create_named_schedule_sampler(config.diffusion.schedule_sampler, gd.num_timesteps)
   ema_rates = state_lib.parse_ema_rates(t.ema_rate)
   tx = state_lib.create_optimizer(t.lr, t.weight_decay, t.lr_anneal_steps, t.grad_clip)
-  abstract, shardings = state_lib.abstract_train_state(network.init, tx, sampler, ema_rates,
-                                                       t.seed, mesh, t.fsdp_min_size)
+  abstract, shardings = state_lib.abstract_train_state(
+    network.init, tx, sampler, ema_rates, t.seed, mesh, t.fsdp_min_size
+  )
   microbatches = update.microbatch_count(t.batch_size, t.microbatch, mesh.size)
   train_step = step_lib.make_train_step(
-      network.apply, gd, sampler, tx, ema_rates, microbatches=microbatches, p_uncond=t.p_uncond,
-      null_label=config.model.num_classes, class_cond=config.model.class_cond, mesh=mesh,
-      state_shardings=shardings, donate=donate, model_kwargs_fn=networks.low_res_fn(config))
-  return DiffusionExperiment(config, mesh, network, gd, sampler, tx, ema_rates, t.seed,
-                             t.batch_size, microbatches, abstract, shardings, train_step)
+    network.apply,
+    gd,
+    sampler,
+    tx,
+    ema_rates,
+    microbatches=microbatches,
+    p_uncond=t.p_uncond,
+    null_label=config.model.num_classes,
+    class_cond=config.model.class_cond,
+    mesh=mesh,
+    state_shardings=shardings,
+    donate=donate,
+    model_kwargs_fn=networks.low_res_fn(config),
+  )
+  return DiffusionExperiment(
+    config,
+    mesh,
+    network,
+    gd,
+    sampler,
+    tx,
+    ema_rates,
+    t.seed,
+    t.batch_size,
+    microbatches,
+    abstract,
+    shardings,
+    train_step,
+  )
 
 
-def build_classifier(config: ml_collections.ConfigDict, mesh=None, *,
-                     donate: bool = True) -> ClassifierExperiment:
+def build_classifier(
+  config: ml_collections.ConfigDict, mesh=None, *, donate: bool = True
+) -> ClassifierExperiment:
   """The noisy-image classifier of a config, trained on x_t of the config's process."""
   c = config.classifier
   mesh = mesh or shd.create_mesh(config.train.fsdp)
@@ -214,14 +297,41 @@ def build_classifier(config: ml_collections.ConfigDict, mesh=None, *,
   sampler = diff.create_named_schedule_sampler(c.schedule_sampler, gd.num_timesteps)
   tx = state_lib.create_optimizer(c.lr, c.weight_decay, c.lr_anneal_steps)
   seed = config.train.seed + 7
-  abstract, shardings = state_lib.abstract_train_state(network.init, tx, sampler, (), seed, mesh,
-                                                       config.train.fsdp_min_size)
+  abstract, shardings = state_lib.abstract_train_state(
+    network.init, tx, sampler, (), seed, mesh, config.train.fsdp_min_size
+  )
   microbatches = update.microbatch_count(c.batch_size, c.microbatch, mesh.size)
-  steps = {train: classifier_step.make_classifier_step(
-      network.apply, gd, sampler, tx, noised=c.noised, train=train, microbatches=microbatches,
-      mesh=mesh, state_shardings=shardings, donate=donate) for train in (True, False)}
-  return ClassifierExperiment(config, mesh, network, gd, sampler, tx, (), seed, c.batch_size,
-                              microbatches, abstract, shardings, steps[True], eval_step=steps[False])
+  steps = {
+    train: classifier_step.make_classifier_step(
+      network.apply,
+      gd,
+      sampler,
+      tx,
+      noised=c.noised,
+      train=train,
+      microbatches=microbatches,
+      mesh=mesh,
+      state_shardings=shardings,
+      donate=donate,
+    )
+    for train in (True, False)
+  }
+  return ClassifierExperiment(
+    config,
+    mesh,
+    network,
+    gd,
+    sampler,
+    tx,
+    (),
+    seed,
+    c.batch_size,
+    microbatches,
+    abstract,
+    shardings,
+    steps[True],
+    eval_step=steps[False],
+  )
 
 
 def builder(mode: str) -> Callable[..., Experiment]:

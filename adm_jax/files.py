@@ -8,6 +8,7 @@ A write that fails for lack of space (ENOSPC, EDQUOT, EFBIG) raises `OutOfSpaceE
 one-line message names the path, the free and the needed space, and says that the same command
 resumes once space is freed; whatever was half-written is removed first.
 """
+
 import contextlib
 import errno
 import os
@@ -66,15 +67,17 @@ def human_bytes(n: Optional[float]) -> str:
   return f"{n:.1f} TB"
 
 
-def out_of_space(path: str, what: str, needed: Optional[int] = None,
-                 resume: str = "") -> OutOfSpaceError:
+def out_of_space(
+  path: str, what: str, needed: Optional[int] = None, resume: str = ""
+) -> OutOfSpaceError:
   """The one-line error of a write of `what` to `path` that the disk or quota stopped."""
   need = f", about {human_bytes(needed)} needed" if needed else ""
   then = f" ({resume})" if resume else ""
   return OutOfSpaceError(
-      f"no space left on the device (or quota) writing {what} {path}: "
-      f"{human_bytes(free_bytes(path))} free{need}; free space, then run the same command "
-      f"again{then}")
+    f"no space left on the device (or quota) writing {what} {path}: "
+    f"{human_bytes(free_bytes(path))} free{need}; free space, then run the same command "
+    f"again{then}"
+  )
 
 
 def _remove(path: str) -> None:
@@ -88,8 +91,9 @@ def _remove(path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str, what: str, needed: Optional[int] = None,
-                resume: str = "") -> Iterator[str]:
+def atomic_path(
+  path: str, what: str, needed: Optional[int] = None, resume: str = ""
+) -> Iterator[str]:
   """Yields a temporary path beside `path` (same extension) to write; it replaces `path` only
   once the block finished. On any failure the temporary file is removed; a full disk raises
   OutOfSpaceError naming `path` and `what`."""
@@ -123,7 +127,7 @@ def append_line(path: str, line: str, what: str, resume: str = "") -> None:
   try:
     view = memoryview(data)
     while view:
-      view = view[os.write(fd, view):]
+      view = view[os.write(fd, view) :]
   except OSError as e:
     try:
       os.ftruncate(fd, start)

@@ -7,8 +7,10 @@ Both produce plain functions for the samplers in adm_jax.diffusion:
   * `classifier_free_model_fn` wraps a class-conditional network so one batched call
     returns (1 + w) eps(x, y) - w eps(x, null); a learned variance comes from the
     conditional half.
-They compose: sample with model_fn=classifier_free_model_fn(...) and cond_fn=classifier_cond_fn(...).
+They compose: sample with model_fn=classifier_free_model_fn(...) and
+cond_fn=classifier_cond_fn(...).
 """
+
 from typing import Callable
 
 import jax
@@ -34,7 +36,8 @@ def classifier_cond_fn(classifier_fn: Callable, scale) -> Callable:
     if y is None:
       raise ValueError("classifier guidance needs class labels: pass model_kwargs={'y': labels}")
     grad = jax.grad(lambda x_in: classifier_log_prob(classifier_fn, x_in, t, y))(
-        jnp.asarray(x, jnp.float32))
+      jnp.asarray(x, jnp.float32)
+    )
     return grad * scale
 
   return cond_fn
@@ -54,8 +57,9 @@ def classifier_free_model_fn(model_fn: Callable, guidance_scale, null_label: int
     y = jnp.asarray(y)
     both = lambda a: jnp.concatenate([a, a], axis=0)
     kwargs = {k: both(v) for k, v in kwargs.items()}
-    out = model_fn(both(x), both(jnp.asarray(t)),
-                   y=jnp.concatenate([y, jnp.full_like(y, null_label)]), **kwargs)
+    out = model_fn(
+      both(x), both(jnp.asarray(t)), y=jnp.concatenate([y, jnp.full_like(y, null_label)]), **kwargs
+    )
     out = jnp.asarray(out).astype(jnp.float32)
     cond, uncond = jnp.split(out, 2, axis=0)
     channels = x.shape[-1]

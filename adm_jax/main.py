@@ -29,6 +29,7 @@ exit status:
 example:
   python -m adm_jax.main --config=fashion_mnist:quick --workdir=/tmp/adm_quick
 """
+
 import ctypes
 import logging
 import os
@@ -52,23 +53,31 @@ from adm_jax import xla_env
 
 MODES = tuple(modes.MODES)
 DEFAULT_CONFIG = "fashion_mnist"
-HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull",
-              "-?")
+HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None,
-                                          "Experiment config: a file or a name in configs/.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config: a file or a name in configs/."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", MODES, "What to run (plan: check the config and the "
-                          "data, print model size and memory per device; nothing is built).")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show library INFO logs (orbax, jax) too, and "
-                             "full tracebacks of expected errors.")
+_MODE = flags.DEFINE_enum(
+  "mode",
+  "train",
+  MODES,
+  "What to run (plan: check the config and the "
+  "data, print model size and memory per device; nothing is built).",
+)
+_VERBOSE = flags.DEFINE_bool(
+  "verbose",
+  False,
+  "Show library INFO logs (orbax, jax) too, and full tracebacks of expected errors.",
+)
 
 
 def _config_arg(argv):
   """(index, value) of the --config flag in argv (None, default) when absent."""
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      return i, arg[len("--config="):]
+      return i, arg[len("--config=") :]
     if arg == "--config" and i + 1 < len(argv):
       return i + 1, argv[i + 1]
   return None, DEFAULT_CONFIG
@@ -89,7 +98,7 @@ def _fail(message: str, code: int = report_lib.EXIT_USAGE):
 
 def override_keys(argv):
   """The dotted config keys set on a command line (--config.train.lr=1e-4 -> train.lr)."""
-  return [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  return [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
 
 
 def parse_flags(argv):
@@ -139,11 +148,13 @@ def _without_closed_loop_errors(unraisablehook):
   """sys.unraisablehook less the "Event loop is closed" errors that the still-pending
   background writes of a failed checkpoint save (a full disk) raise, one per array, when they
   complete after orbax closed its event loop; the failure itself is reported in one line."""
+
   def hook(unraisable):
     value = unraisable.exc_value
     if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
       return
     unraisablehook(unraisable)
+
   return hook
 
 
@@ -160,22 +171,32 @@ def _raised_by_adm_jax(error: BaseException) -> bool:
 
 # The figures each mode's summary shows, when present.
 FIGURES = {
-    "train": ("loss", "mse", "vb", "steps_per_sec", "images_per_sec"),
-    "train_classifier": ("loss", "acc1", "val_acc1", "val_acc5"),
-    "sample": ("num_samples", "nfe_per_image"),
-    "eval": ("fid", "sfid", "inception_score", "precision", "recall", "classifier_accuracy"),
-    "nll": ("bits_per_dim", "num_images", "steps"),
-    "plan": ("parameters_M", "devices", "per_device_batch", "microbatches", "state_GiB_per_device",
-             "estimated_GiB_per_device"),
+  "train": ("loss", "mse", "vb", "steps_per_sec", "images_per_sec"),
+  "train_classifier": ("loss", "acc1", "val_acc1", "val_acc5"),
+  "sample": ("num_samples", "nfe_per_image"),
+  "eval": ("fid", "sfid", "inception_score", "precision", "recall", "classifier_accuracy"),
+  "nll": ("bits_per_dim", "num_images", "steps"),
+  "plan": (
+    "parameters_M",
+    "devices",
+    "per_device_batch",
+    "microbatches",
+    "state_GiB_per_device",
+    "estimated_GiB_per_device",
+  ),
 }
 
 
 def next_command(report, argv) -> str:
   """The command of the mode to run next, with this run's --config and overrides."""
-  keep = [a for a in argv[1:] if a.startswith(("--config", "--workdir")) and
-          not a.startswith("--config.sample.sample_npz")]
-  return " ".join(["python -m adm_jax.main"] + keep + [f"--mode={report.next_mode}"] +
-                  list(report.next_overrides))
+  keep = [
+    a
+    for a in argv[1:]
+    if a.startswith(("--config", "--workdir")) and not a.startswith("--config.sample.sample_npz")
+  ]
+  return " ".join(
+    ["python -m adm_jax.main"] + keep + [f"--mode={report.next_mode}"] + list(report.next_overrides)
+  )
 
 
 def print_report(report, argv) -> None:
@@ -195,10 +216,14 @@ def print_report(report, argv) -> None:
 # runs the mode: the C++ runtime aborts a process whose peer is gone (the coordination
 # service's heartbeat) with a stack dump, which Python cannot intercept; the supervisor turns
 # that into one line, exit status 1, and the native messages into a log file.
-SUPERVISED = "ADM_JAX_SUPERVISED"   # set in the child that runs the mode
-NATIVE_LOG = "ADM_JAX_NATIVE_LOG"   # where the child's C++ runtime messages go
-_CLEAN_EXITS = (report_lib.EXIT_OK, report_lib.EXIT_ERROR, report_lib.EXIT_USAGE,
-                *report_lib.EXIT_SIGNAL.values())
+SUPERVISED = "ADM_JAX_SUPERVISED"  # set in the child that runs the mode
+NATIVE_LOG = "ADM_JAX_NATIVE_LOG"  # where the child's C++ runtime messages go
+_CLEAN_EXITS = (
+  report_lib.EXIT_OK,
+  report_lib.EXIT_ERROR,
+  report_lib.EXIT_USAGE,
+  *report_lib.EXIT_SIGNAL.values(),
+)
 
 
 def native_log_path(argv) -> str:
@@ -224,8 +249,9 @@ def supervise(argv) -> int:
   log_path = native_log_path(argv)
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   env = dict(os.environ, **{SUPERVISED: "1", NATIVE_LOG: log_path})
-  child = subprocess.Popen([sys.executable, "-m", "adm_jax.main"] + list(argv[1:]), env=env,
-                           preexec_fn=_die_with_parent)
+  child = subprocess.Popen(
+    [sys.executable, "-m", "adm_jax.main"] + list(argv[1:]), env=env, preexec_fn=_die_with_parent
+  )
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda signum, frame: child.send_signal(signum))
   code = child.wait()
@@ -261,7 +287,9 @@ def _native_logs_to_file(path: str) -> None:
 def run_mode(mode: str, config, workdir: str, overrides=()):
   """Runs one mode; returns its RunReport."""
   if sharding.maybe_initialize_distributed(config.distributed):
-    _native_logs_to_file(os.environ.get(NATIVE_LOG) or native_log_path(["", f"--workdir={workdir}"]))
+    _native_logs_to_file(
+      os.environ.get(NATIVE_LOG) or native_log_path(["", f"--workdir={workdir}"])
+    )
   return modes.MODES[mode](config, workdir, overrides=overrides)
 
 
@@ -281,7 +309,7 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     if sharding.is_peer_loss(e):
       _peer_lost(e)
-    if (_VERBOSE.value or not isinstance(e, EXPECTED_ERRORS) or not _raised_by_adm_jax(e)):
+    if _VERBOSE.value or not isinstance(e, EXPECTED_ERRORS) or not _raised_by_adm_jax(e):
       raise
     _fail(str(e.args[0]) if e.args else repr(e), code=report_lib.EXIT_ERROR)
 

@@ -9,6 +9,7 @@ global batch. The figures come from XLA:CPU's compilation: GPU / TPU compilers f
 out differently (XLA:CPU also computes bf16 convolutions in float32), so treat them as
 estimates within tens of percent and leave the headroom `plan` keeps (10%).
 """
+
 import dataclasses
 import math
 from typing import Dict, List, Sequence
@@ -21,29 +22,39 @@ from adm_jax import sharding as shd
 from adm_jax.training import state as state_lib
 
 # Device kinds of the README table: (devices per host, GiB of memory per device).
-DEVICE_KINDS = {"v4-8": (4, 32), "v5e-8": (8, 16), "8xA100-80G": (8, 80), "8xH100": (8, 80),
-                "8xH200": (8, 141)}
+DEVICE_KINDS = {
+  "v4-8": (4, 32),
+  "v5e-8": (8, 16),
+  "8xA100-80G": (8, 80),
+  "8xH100": (8, 80),
+  "8xH200": (8, 141),
+}
 HEADROOM = 0.9
-GIB = 2 ** 30
+GIB = 2**30
 
 
 @dataclasses.dataclass
 class Fit:
   """Compiled memory of one remat policy: bytes(b) = fixed + b * per_example (one device)."""
+
   policy: str
   fixed: float
   per_example: float
   flops_per_example: float
-  state: float        # params + EMA + optimizer (+ sampler) bytes, in `fixed`
-  params: float       # bytes of the float32 parameters (the gradients are as many)
+  state: float  # params + EMA + optimizer (+ sampler) bytes, in `fixed`
+  params: float  # bytes of the float32 parameters (the gradients are as many)
 
 
 def state_bytes(exp: experiment.Experiment) -> Dict[str, float]:
   """Bytes of the train state's parts (float32 params, EMA copies, optimizer moments)."""
   size = lambda tree: float(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
   s = exp.abstract_state
-  parts = {"params": size(s.params), "ema": size(s.ema_params), "optimizer": size(s.opt_state),
-           "other": size((s.sampler_state, s.step, s.rng))}
+  parts = {
+    "params": size(s.params),
+    "ema": size(s.ema_params),
+    "optimizer": size(s.opt_state),
+    "other": size((s.sampler_state, s.step, s.rng)),
+  }
   parts["total"] = sum(parts.values())
   return parts
 
@@ -53,13 +64,15 @@ def _with(config, batch: int, policy: str, mode: str = "train") -> ml_collection
   config.train.update(batch_size=batch, microbatch=-1, fsdp=1)
   config.model.update(remat_policy=policy, use_checkpoint=False)
   if mode == "train_classifier":
-    config.classifier.update(batch_size=batch, microbatch=-1, remat_policy=policy,
-                             use_checkpoint=False)
+    config.classifier.update(
+      batch_size=batch, microbatch=-1, remat_policy=policy, use_checkpoint=False
+    )
   return config
 
 
-def measure(config, policy: str = "none", batches: Sequence[int] = (4, 8),
-            mode: str = "train") -> Fit:
+def measure(
+  config, policy: str = "none", batches: Sequence[int] = (4, 8), mode: str = "train"
+) -> Fit:
   """Compiles the train step of the model that `mode` trains (train: the UNet,
   train_classifier: the classifier) at two per-device batches on one device; fits the line."""
   mesh = shd.create_mesh(1, jax.devices()[:1])
@@ -68,16 +81,26 @@ def measure(config, policy: str = "none", batches: Sequence[int] = (4, 8),
     exp = experiment.builder(mode)(_with(config, batch, policy, mode), mesh, donate=True)
     compiled = exp.train_step.lower(exp.abstract_state, exp.abstract_batch()).compile()
     mem = compiled.memory_analysis()
-    total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-             - mem.alias_size_in_bytes)
+    total = (
+      mem.argument_size_in_bytes
+      + mem.output_size_in_bytes
+      + mem.temp_size_in_bytes
+      - mem.alias_size_in_bytes
+    )
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     points.append((batch, float(total), float((cost or {}).get("flops", 0.0))))
   (b1, m1, f1), (b2, m2, f2) = points[0], points[-1]
   per_example = (m2 - m1) / (b2 - b1)
   parts = state_bytes(exp)
-  return Fit(policy, m1 - b1 * per_example, per_example, (f2 - f1) / (b2 - b1), parts["total"],
-             parts["params"])
+  return Fit(
+    policy,
+    m1 - b1 * per_example,
+    per_example,
+    (f2 - f1) / (b2 - b1),
+    parts["total"],
+    parts["params"],
+  )
 
 
 def device_bytes(fit: Fit, batch: int, fsdp: int) -> float:
@@ -115,12 +138,26 @@ def plan(fits: Sequence[Fit], global_batch: int, devices: int, memory_gib: float
       micro = max(d for d in range(1, fits_batch + 1) if per_device % d == 0)
       key = (micro < per_device, -micro, fit.flops_per_example / base_flops, fsdp)
       if best is None or key < best[0]:
-        best = (key, {"per_device_batch": per_device, "microbatch": micro, "remat": fit.policy,
-                      "fsdp": fsdp, "flops_overhead": fit.flops_per_example / base_flops - 1,
-                      "GiB": device_bytes(fit, micro, fsdp) / GIB})
+        best = (
+          key,
+          {
+            "per_device_batch": per_device,
+            "microbatch": micro,
+            "remat": fit.policy,
+            "fsdp": fsdp,
+            "flops_overhead": fit.flops_per_example / base_flops - 1,
+            "GiB": device_bytes(fit, micro, fsdp) / GIB,
+          },
+        )
   if best is None:
-    return {"per_device_batch": per_device, "microbatch": 0, "remat": "-", "fsdp": "-",
-            "flops_overhead": math.nan, "GiB": math.nan}
+    return {
+      "per_device_batch": per_device,
+      "microbatch": 0,
+      "remat": "-",
+      "fsdp": "-",
+      "flops_overhead": math.nan,
+      "GiB": math.nan,
+    }
   return best[1]
 
 
@@ -129,8 +166,7 @@ def table(name: str, fits: Sequence[Fit], global_batch: int, kinds=DEVICE_KINDS)
   rows = []
   for kind, (devices, gib) in kinds.items():
     row = plan(fits, global_batch, devices, gib)
-    row.update(config=name, device=kind, devices=devices, memory_gib=gib,
-               global_batch=global_batch)
+    row.update(config=name, device=kind, devices=devices, memory_gib=gib, global_batch=global_batch)
     rows.append(row)
   return rows
 
@@ -139,9 +175,16 @@ def state_summary(config, mesh=None) -> Dict[str, float]:
   """Parameter count and per-device state bytes of a config, abstractly (nothing is built)."""
   exp = experiment.build(config, mesh or shd.create_mesh(config.train.fsdp), donate=False)
   parts = state_bytes(exp)
-  per_device = float(sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
-                         for leaf in jax.tree.leaves(exp.abstract_state)))
-  return {"params": float(state_lib.param_count(exp.abstract_state.params)),
-          "state_bytes": parts["total"], "state_bytes_per_device": per_device,
-          "per_device_batch": config.train.batch_size / max(1, jax.device_count()),
-          "microbatches": exp.microbatches}
+  per_device = float(
+    sum(
+      math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+      for leaf in jax.tree.leaves(exp.abstract_state)
+    )
+  )
+  return {
+    "params": float(state_lib.param_count(exp.abstract_state.params)),
+    "state_bytes": parts["total"],
+    "state_bytes_per_device": per_device,
+    "per_device_batch": config.train.batch_size / max(1, jax.device_count()),
+    "microbatches": exp.microbatches,
+  }

@@ -13,6 +13,7 @@ super-resolution model's low-resolution image) and offers two apply functions: `
 training (dropout from an explicit key) and `inference_fn` in the form the sampling library
 takes (unet: fn(params, x, t, y, **kw); classifier: fn(params, x, t) -> logits).
 """
+
 import dataclasses
 from typing import Any, Callable, Mapping, Optional, Tuple
 
@@ -29,11 +30,12 @@ KINDS = ("unet", "sr", "classifier")
 @dataclasses.dataclass(frozen=True)
 class Network:
   """A Flax module of one kind with what initialises it (see the module docstring)."""
-  kind: str                          # unet | sr | classifier
+
+  kind: str  # unet | sr | classifier
   module: Any
   image_shape: Tuple[int, int, int]  # (H, W, C) of x_t
-  class_cond: bool = False           # the UNet takes labels y
-  low_res_size: int = 0              # sr: side of its low-resolution input
+  class_cond: bool = False  # the UNet takes labels y
+  low_res_size: int = 0  # sr: side of its low-resolution input
 
   def init(self, key) -> Any:
     """Parameters from a key (jit it, or use abstract_params for shapes only)."""
@@ -75,16 +77,23 @@ def unet(config) -> Network:
   """The diffusion UNet of a config, with the null class when trained with label dropout."""
   m = config.model
   flags = config_base.model_config_for_training(config)
-  return Network("sr" if m.small_size else "unet", models.create_model(flags),
-                 (m.image_size, m.image_size, m.in_channels), class_cond=bool(m.class_cond),
-                 low_res_size=int(m.small_size))
+  return Network(
+    "sr" if m.small_size else "unet",
+    models.create_model(flags),
+    (m.image_size, m.image_size, m.in_channels),
+    class_cond=bool(m.class_cond),
+    low_res_size=int(m.small_size),
+  )
 
 
 def classifier(config) -> Network:
   """The noisy-image classifier of a config (its image size and channels are the model's)."""
   m = config.model
-  return Network("classifier", models.create_classifier(config_base.classifier_model_config(config)),
-                 (m.image_size, m.image_size, m.in_channels))
+  return Network(
+    "classifier",
+    models.create_classifier(config_base.classifier_model_config(config)),
+    (m.image_size, m.image_size, m.in_channels),
+  )
 
 
 def low_res_fn(config) -> Optional[Callable]:
@@ -116,5 +125,10 @@ def from_flags(kind: str, flags: Mapping[str, Any]) -> Network:
   module = models.create_sr_model(flags) if kind == "sr" else models.create_model(flags)
   channels = module.in_channels // (2 if kind == "sr" else 1)
   small = int(flags["small_size"]) if kind == "sr" else 0
-  return Network(kind, module, (module.image_size, module.image_size, channels),
-                 class_cond=module.num_classes is not None, low_res_size=small)
+  return Network(
+    kind,
+    module,
+    (module.image_size, module.image_size, channels),
+    class_cond=module.num_classes is not None,
+    low_res_size=small,
+  )

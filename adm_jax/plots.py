@@ -1,4 +1,5 @@
-"""Training curves as PNG (matplotlib, when installed): loss / mse / vb (or accuracy) against step."""
+"""Training curves as PNG (matplotlib, when installed): loss / mse / vb (or accuracy) by step."""
+
 import importlib.util
 import json
 import logging
@@ -22,8 +23,10 @@ def plot_metrics(metrics_path: str, out_path: str, keys: Sequence[str]) -> Optio
   if not series:
     return None
   import matplotlib  # pylint: disable=g-import-not-at-top  (optional, heavy)
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), squeeze=False)
   for ax, (name, points) in zip(axes[0], series.items()):
     steps, values = zip(*points)

@@ -1,5 +1,6 @@
 """What a mode did, for the person who ran it: status, files produced, key figures, wall time,
 and the mode to run next. Every mode returns a `RunReport`; `main` prints it."""
+
 import dataclasses
 from typing import Any, Dict, List, Optional
 
@@ -17,6 +18,7 @@ EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 class RunReport:
   """mode: train | train_classifier | sample | eval | nll. metrics: the last logged scalars
   (training) or the results (sample / eval / nll). outputs: {what: path}."""
+
   mode: str
   status: str = FINISHED
   directory: str = ""
@@ -25,9 +27,9 @@ class RunReport:
   outputs: Dict[str, str] = dataclasses.field(default_factory=dict)
   wall_s: float = 0.0
   notes: List[str] = dataclasses.field(default_factory=list)
-  next_mode: Optional[str] = None          # the mode a user typically runs next
+  next_mode: Optional[str] = None  # the mode a user typically runs next
   next_overrides: List[str] = dataclasses.field(default_factory=list)  # its extra --config.x=y
-  stopped_by: Optional[str] = None         # PREEMPTED: SIGTERM, SIGINT or "preemption notice"
+  stopped_by: Optional[str] = None  # PREEMPTED: SIGTERM, SIGINT or "preemption notice"
 
   def exit_code(self) -> int:
     """The process exit status this report calls for (see EXIT_* above)."""

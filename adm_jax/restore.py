@@ -12,6 +12,7 @@ explicitly on the command line (`overrides`) that contradicts the checkpoint is 
 one line. Only the parameters are read (the EMA copy by default): no optimizer state, no
 optimizer and no train step are built.
 """
+
 import json
 import logging
 import os
@@ -34,22 +35,31 @@ log = logging.getLogger(__name__)
 # dtype, remat and the sampling respacing are the sampling command's choice.
 _RUNTIME = ("dtype", "use_checkpoint", "remat_policy")
 UNET_KEYS = ("model.*", "diffusion.*", "train.p_uncond")
-UNET_EXCLUDED = tuple(f"model.{k}" for k in _RUNTIME) + ("diffusion.timestep_respacing",
-                                                         "diffusion.schedule_sampler")
-CLASSIFIER_KEYS = ("classifier.classifier_width", "classifier.classifier_depth",
-                   "classifier.classifier_attention_resolutions",
-                   "classifier.classifier_use_scale_shift_norm",
-                   "classifier.classifier_resblock_updown", "classifier.classifier_pool",
-                   "classifier.channel_mult", "classifier.num_classes", "model.image_size",
-                   "model.in_channels")
+UNET_EXCLUDED = tuple(f"model.{k}" for k in _RUNTIME) + (
+  "diffusion.timestep_respacing",
+  "diffusion.schedule_sampler",
+)
+CLASSIFIER_KEYS = (
+  "classifier.classifier_width",
+  "classifier.classifier_depth",
+  "classifier.classifier_attention_resolutions",
+  "classifier.classifier_use_scale_shift_norm",
+  "classifier.classifier_resblock_updown",
+  "classifier.classifier_pool",
+  "classifier.channel_mult",
+  "classifier.num_classes",
+  "model.image_size",
+  "model.in_channels",
+)
 
 
 def checkpoint_directory(directory: str, what: str, setting: str) -> str:
   """DIR/checkpoints of a training directory, or FileNotFoundError saying what to run."""
   path = os.path.join(directory, "checkpoints")
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"no checkpoint under {path}: run {what} first, or set {setting} "
-                            "to a converted checkpoint")
+    raise FileNotFoundError(
+      f"no checkpoint under {path}: run {what} first, or set {setting} to a converted checkpoint"
+    )
   return path
 
 
@@ -67,8 +77,13 @@ def newest_checkpoint(directory: str) -> Tuple[ckpt_lib.Checkpointer, int, Dict[
     raise
 
 
-def trained_config(config, saved: Optional[Dict[str, Any]], keys: Sequence[str],
-                   overrides: Iterable[str], source: str) -> ml_collections.ConfigDict:
+def trained_config(
+  config,
+  saved: Optional[Dict[str, Any]],
+  keys: Sequence[str],
+  overrides: Iterable[str],
+  source: str,
+) -> ml_collections.ConfigDict:
   """`config` with the values of `keys` from a checkpoint's saved config.
 
   A key in `overrides` (set on the command line) whose value differs from the checkpoint's
@@ -93,22 +108,34 @@ def trained_config(config, saved: Optional[Dict[str, Any]], keys: Sequence[str],
       taken.append(key)
   if conflicts:
     raise validation.ConfigError(
-        f"{source} was trained with other settings: {'; '.join(conflicts)}; drop the flag"
-        f"{'s' if len(conflicts) > 1 else ''} (the checkpoint's settings are used) or sample "
-        "another checkpoint")
+      f"{source} was trained with other settings: {'; '.join(conflicts)}; drop the flag"
+      f"{'s' if len(conflicts) > 1 else ''} (the checkpoint's settings are used) or sample "
+      "another checkpoint"
+    )
   if taken:
-    log.info("network settings from %s: %s", source,
-             ", ".join(f"{k}={config_base.lookup(config, k)!r}" for k in taken))
+    log.info(
+      "network settings from %s: %s",
+      source,
+      ", ".join(f"{k}={config_base.lookup(config, k)!r}" for k in taken),
+    )
   return config
 
 
-def restore_params(directory: str, network: networks.Network, mesh, ema_rates: Sequence[float],
-                   use_ema: bool = True, ema_index: int = -1, step: Optional[int] = None):
+def restore_params(
+  directory: str,
+  network: networks.Network,
+  mesh,
+  ema_rates: Sequence[float],
+  use_ema: bool = True,
+  ema_index: int = -1,
+  step: Optional[int] = None,
+):
   """(params, step) of a checkpoints/ directory (the newest step unless given), replicated on
   the mesh: EMA copy `ema_index` when use_ema and the run kept EMA copies, else the raw params."""
   abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shd.replicated(mesh)),
-      network.abstract_params())
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shd.replicated(mesh)),
+    network.abstract_params(),
+  )
   checkpointer, newest, _ = newest_checkpoint(directory)
   step = newest if step is None else step
   try:
@@ -136,8 +163,9 @@ def sampling_model(config, workdir: str, mesh, overrides: Iterable[str] = ()):
   checkpointer, _, meta = newest_checkpoint(directory)
   checkpointer.close()
   saved = meta.get("config")
-  config = trained_config(config, saved, config_base.dotted_keys(config, UNET_KEYS, UNET_EXCLUDED), overrides,
-                          workdir)
+  config = trained_config(
+    config, saved, config_base.dotted_keys(config, UNET_KEYS, UNET_EXCLUDED), overrides, workdir
+  )
   rates = state_lib.parse_ema_rates(saved["train"]["ema_rate"] if saved else config.train.ema_rate)
   network = networks.unet(config)
   params, step = restore_params(directory, network, mesh, rates, s.use_ema, s.ema_index)
@@ -151,12 +179,16 @@ def guidance_classifier(config, workdir: str, mesh, overrides: Iterable[str] = (
   if convert.is_converted_checkpoint(path):
     flags, params = convert.load_converted(path)
     return networks.from_flags("classifier", flags), params
-  directory = checkpoint_directory(os.path.join(path, config.classifier.checkpoint_dir),
-                                   "--mode=train_classifier", "sample.classifier_path")
+  directory = checkpoint_directory(
+    os.path.join(path, config.classifier.checkpoint_dir),
+    "--mode=train_classifier",
+    "sample.classifier_path",
+  )
   checkpointer, _, meta = newest_checkpoint(directory)
   checkpointer.close()
-  config = trained_config(config, meta.get("config"), CLASSIFIER_KEYS, overrides,
-                          os.path.dirname(directory))
+  config = trained_config(
+    config, meta.get("config"), CLASSIFIER_KEYS, overrides, os.path.dirname(directory)
+  )
   network = networks.classifier(config)
   params, _ = restore_params(directory, network, mesh, (), use_ema=False)
   return network, params

@@ -6,14 +6,17 @@ else each large tensor is split along one of its dimensions over 'fsdp' (ZeRO-3 
 FSDP style: XLA all-gathers them for the forward pass and reduce-scatters gradients).
 The same code runs on one CPU, a GPU node and a multi-host TPU pod slice.
 """
+
 import logging
 import os
 import re
 from typing import Any, Optional
 
 import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +30,29 @@ _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
 HEARTBEAT_TIMEOUT_S = 30
 INITIALIZATION_TIMEOUT_S = 600
 # What the collectives and the coordination client say when a peer process is gone.
-_PEER_LOSS_TEXT = ("Gloo", "gloo", "Connection reset by peer", "Connection refused",
-                   "heartbeat", "coordination service", "Socket closed", "DEADLINE_EXCEEDED",
-                   "UNAVAILABLE", "Broken pipe")
+_PEER_LOSS_TEXT = (
+  "Gloo",
+  "gloo",
+  "Connection reset by peer",
+  "Connection refused",
+  "heartbeat",
+  "coordination service",
+  "Socket closed",
+  "DEADLINE_EXCEEDED",
+  "UNAVAILABLE",
+  "Broken pipe",
+)
 
 
 def cluster_environment() -> bool:
   """Whether the environment describes a multi-process run (a coordinator address, a
   multi-host Cloud TPU VM, SLURM with several tasks)."""
   env = os.environ
-  return bool(any(env.get(k) for k in _DISTRIBUTED_ENV)
-              or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-              or int(env.get("SLURM_NTASKS", "1") or 1) > 1)
+  return bool(
+    any(env.get(k) for k in _DISTRIBUTED_ENV)
+    or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+  )
 
 
 def process_id_from_environment() -> int:
@@ -52,8 +66,10 @@ def process_id_from_environment() -> int:
 def timeouts():
   """(heartbeat, initialization) timeouts in seconds of jax.distributed."""
   env = os.environ
-  return (int(env.get("ADM_JAX_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT_S)),
-          int(env.get("ADM_JAX_INIT_TIMEOUT", INITIALIZATION_TIMEOUT_S)))
+  return (
+    int(env.get("ADM_JAX_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT_S)),
+    int(env.get("ADM_JAX_INIT_TIMEOUT", INITIALIZATION_TIMEOUT_S)),
+  )
 
 
 def is_peer_loss(error: BaseException) -> bool:
@@ -61,8 +77,10 @@ def is_peer_loss(error: BaseException) -> bool:
   return jax.process_count() > 1 and any(t in str(error) for t in _PEER_LOSS_TEXT)
 
 
-_RESUME = ("every process exits: start all {n} again with the same command (training resumes "
-           "from its newest complete checkpoint, sampling from its finished parts)")
+_RESUME = (
+  "every process exits: start all {n} again with the same command (training resumes "
+  "from its newest complete checkpoint, sampling from its finished parts)"
+)
 
 
 def peer_loss_message(detail: str) -> str:
@@ -74,8 +92,10 @@ def peer_loss_message(detail: str) -> str:
     who = f"process {lost.group(1)}"
   else:  # of two processes, the lost one is the other
     who = f"process {1 - me}" if count == 2 else "another process"
-  return (f"{who} of this {jax.process_count()}-process run is gone (process "
-          f"{jax.process_index()} saw: {first}); " + _RESUME.format(n=jax.process_count()))
+  return (
+    f"{who} of this {jax.process_count()}-process run is gone (process "
+    f"{jax.process_index()} saw: {first}); " + _RESUME.format(n=jax.process_count())
+  )
 
 
 def aborted_message(log_path: str, status: int) -> str:
@@ -90,20 +110,21 @@ def aborted_message(log_path: str, status: int) -> str:
     text = ""
   me = process_id_from_environment()
   count = os.environ.get("JAX_NUM_PROCESSES") or os.environ.get("SLURM_NTASKS") or "multi"
-  unhealthy = re.findall(r"tasks are unhealthy \(stopped sending heartbeats\):\s*([\d\s,]+)",
-                         text)
+  unhealthy = re.findall(r"tasks are unhealthy \(stopped sending heartbeats\):\s*([\d\s,]+)", text)
   lost = sorted({int(t) for t in re.findall(r"\d+", unhealthy[-1])}) if unhealthy else []
   how = f"signal {-status}" if status < 0 else f"status {status}"
   if lost:
     who = ", ".join(f"process {t}" for t in lost)
     what = f"{who} of this {count}-process run stopped answering (the coordination service)"
   elif "coordination service" in text or "distributed service" in text:
-    what = (f"process {me} lost the coordination service of this {count}-process run "
-            "(process 0 is gone?)")
+    what = (
+      f"process {me} lost the coordination service of this {count}-process run (process 0 is gone?)"
+    )
   else:
     what = f"process {me} of this {count}-process run stopped ({how})"
-  return (f"{what}; details in {log_path}; " +
-          _RESUME.format(n=count if count != "multi" else "the processes"))
+  return f"{what}; details in {log_path}; " + _RESUME.format(
+    n=count if count != "multi" else "the processes"
+  )
 
 
 def maybe_initialize_distributed(mode: str = "auto") -> bool:
@@ -122,16 +143,23 @@ def maybe_initialize_distributed(mode: str = "auto") -> bool:
     return False
   kwargs = {}
   if coordinator:
-    kwargs = dict(coordinator_address=coordinator,
-                  num_processes=int(env["JAX_NUM_PROCESSES"]),
-                  process_id=int(env["JAX_PROCESS_ID"]))
+    kwargs = dict(
+      coordinator_address=coordinator,
+      num_processes=int(env["JAX_NUM_PROCESSES"]),
+      process_id=int(env["JAX_PROCESS_ID"]),
+    )
   heartbeat, init = timeouts()
   if os.environ.get("ADM_JAX_RECOVERABLE"):
     jax.config.update("jax_enable_recoverability", True)
-  jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat,
-                             initialization_timeout=init)
-  log.info("jax.distributed: process %d of %d, %d global devices",
-               jax.process_index(), jax.process_count(), jax.device_count())
+  jax.distributed.initialize(
+    **kwargs, heartbeat_timeout_seconds=heartbeat, initialization_timeout=init
+  )
+  log.info(
+    "jax.distributed: process %d of %d, %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.device_count(),
+  )
   return True
 
 
@@ -165,15 +193,18 @@ def _fsdp_spec(shape, fsdp: int, min_size: int) -> P:
   return P()
 
 
-def state_shardings(abstract_tree: Any, mesh: Mesh, min_fsdp_size: int = 2 ** 14) -> Any:
+def state_shardings(abstract_tree: Any, mesh: Mesh, min_fsdp_size: int = 2**14) -> Any:
   """NamedShardings for a tree of ShapeDtypeStructs (params, optimizer state, ...)."""
   fsdp = mesh.shape["fsdp"]
   return jax.tree.map(
-      lambda leaf: NamedSharding(mesh, _fsdp_spec(getattr(leaf, "shape", ()), fsdp, min_fsdp_size)),
-      abstract_tree)
+    lambda leaf: NamedSharding(mesh, _fsdp_spec(getattr(leaf, "shape", ()), fsdp, min_fsdp_size)),
+    abstract_tree,
+  )
 
 
 def global_batch(local: Any, mesh: Mesh) -> Any:
   """Assembles each host's slice of a batch (numpy, leading axis) into global jax Arrays."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local)
+  return jax.tree.map(
+    lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local
+  )

@@ -8,6 +8,7 @@ process on this host is taken over with a warning. Only process 0 of a multi-hos
 (the others write nothing there); a `gs://` or other remote directory cannot be locked and
 is used unlocked with a warning.
 """
+
 import datetime
 import errno
 import json
@@ -44,8 +45,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _describe(owner: Dict[str, Any]) -> str:
-  return (f"{owner.get('mode', 'a run')} (pid {owner.get('pid', '?')} on {owner.get('host', '?')}, "
-          f"started {owner.get('started', '?')})")
+  return (
+    f"{owner.get('mode', 'a run')} (pid {owner.get('pid', '?')} on {owner.get('host', '?')}, "
+    f"started {owner.get('started', '?')})"
+  )
 
 
 def _first_missing(directory: str) -> Optional[str]:
@@ -105,8 +108,10 @@ class WorkdirLock:
     self._file = None
     self._created = None  # the outermost directory the lock made (a refused run removes it)
     if process_index == 0 and "://" in directory:
-      log.warning("%s is a remote directory: it cannot be locked; make sure no other run "
-                  "writes there", directory)
+      log.warning(
+        "%s is a remote directory: it cannot be locked; make sure no other run writes there",
+        directory,
+      )
 
   @property
   def path(self) -> str:
@@ -136,16 +141,28 @@ class WorkdirLock:
         raise
       holder = self.owner() or {}
       raise WorkdirInUseError(
-          f"{self.directory} is in use by {_describe(holder)}; wait for it to finish, stop it, "
-          "or use another directory") from None
+        f"{self.directory} is in use by {_describe(holder)}; wait for it to finish, stop it, "
+        "or use another directory"
+      ) from None
     previous = self.owner()
-    if previous and previous.get("host") == socket.gethostname() and previous.get("pid") != os.getpid():
+    if (
+      previous
+      and previous.get("host") == socket.gethostname()
+      and previous.get("pid") != os.getpid()
+    ):
       if not _pid_alive(int(previous.get("pid", -1))):
-        log.warning("taking over %s: its last owner, %s, is no longer running", self.directory,
-                    _describe(previous))
-    record = {"host": socket.gethostname(), "pid": os.getpid(), "mode": self.mode,
-              "started": datetime.datetime.now().isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv)}
+        log.warning(
+          "taking over %s: its last owner, %s, is no longer running",
+          self.directory,
+          _describe(previous),
+        )
+    record = {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "mode": self.mode,
+      "started": datetime.datetime.now().isoformat(timespec="seconds"),
+      "command": " ".join(sys.argv),
+    }
     fd = handle.fileno()
     try:  # unbuffered, so that a failed write leaves nothing to flush
       os.ftruncate(fd, 0)

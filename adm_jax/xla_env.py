@@ -11,6 +11,7 @@ Nothing happens on import: `configure_for_cpu()` adds the flag only when
 XLA reads XLA_FLAGS when the first backend starts, not at `import jax`, so calling this at the
 top of an entry point's main() is early enough.
 """
+
 import glob
 import importlib.metadata
 import importlib.util
@@ -23,10 +24,16 @@ from typing import Dict, Optional
 log = logging.getLogger(__name__)
 
 CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
-_ACCELERATOR_MODULES = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
-                        "jax_rocm7_plugin")
-_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "adm_jax",
-                      "xla_flags.json")
+_ACCELERATOR_MODULES = (
+  "libtpu",
+  "jax_cuda12_plugin",
+  "jax_cuda13_plugin",
+  "jax_rocm60_plugin",
+  "jax_rocm7_plugin",
+)
+_CACHE = os.path.join(
+  os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "adm_jax", "xla_flags.json"
+)
 
 
 def cpu_is_backend() -> bool:
@@ -46,8 +53,9 @@ def _jaxlib_library() -> Optional[str]:
   spec = importlib.util.find_spec("jaxlib")
   if spec is None or not spec.submodule_search_locations:
     return None
-  libraries = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "**", "*.so*"),
-                        recursive=True)
+  libraries = glob.glob(
+    os.path.join(list(spec.submodule_search_locations)[0], "**", "*.so*"), recursive=True
+  )
   return max(libraries, key=os.path.getsize) if libraries else None
 
 
@@ -76,7 +84,8 @@ def jaxlib_knows(flag: str) -> bool:
 
 
 def configure_for_cpu() -> str:
-  """Adds the CPU flags to XLA_FLAGS where they apply (see the module docstring); returns XLA_FLAGS."""
+  """Adds the CPU flags to XLA_FLAGS where they apply (see the module docstring); returns
+  XLA_FLAGS."""
   flags = os.environ.get("XLA_FLAGS", "")
   if not cpu_is_backend():
     return flags

@@ -1,1 +1,2 @@
-"""The experiment configs (one file each); installed as adm_jax.configs so that `--config=NAME` works anywhere."""
+"""The experiment configs (one file each); installed as adm_jax.configs so that `--config=NAME`
+works anywhere."""

@@ -1,10 +1,12 @@
 """ADM on LSUN bedroom 256x256, unconditional (Dhariwal & Nichol 2021, Table 1/10).
 
 Launch (every host of a pod slice runs the same command):
-  python -m adm_jax.main --config=configs/lsun_bedroom.py --workdir=gs://BUCKET/lsun_bedroom --config.data.data_dir=/path/to/lsun_bedroom
-Paper: FID 1.90 (1000 steps, dropout 0.1). Batch 256, lr 1e-4; train.num_steps is a 2M-step placeholder
-(the paper's Table 10 lists the exact iteration count). Checkpoint: lsun_bedroom.pt.
+  python -m adm_jax.main --config=configs/lsun_bedroom.py --workdir=gs://BUCKET/lsun_bedroom \\
+    --config.data.data_dir=/path/to/lsun_bedroom
+Paper: FID 1.90 (1000 steps, dropout 0.1). Batch 256, lr 1e-4; train.num_steps is a 2M-step
+placeholder (the paper's Table 10 lists the exact iteration count). Checkpoint: lsun_bedroom.pt.
 """
+
 from adm_jax import config_base
 from adm_jax.models import paper
 

@@ -1,10 +1,12 @@
 """ADM on LSUN horse 256x256, unconditional (Dhariwal & Nichol 2021, Table 1/10).
 
 Launch (every host of a pod slice runs the same command):
-  python -m adm_jax.main --config=configs/lsun_horse.py --workdir=gs://BUCKET/lsun_horse --config.data.data_dir=/path/to/lsun_horse
+  python -m adm_jax.main --config=configs/lsun_horse.py --workdir=gs://BUCKET/lsun_horse \\
+    --config.data.data_dir=/path/to/lsun_horse
 Paper: FID 2.57 (1000 steps, dropout 0.1). Same network and training recipe as
 configs/lsun_bedroom.py. Checkpoint: lsun_horse.pt.
 """
+
 from adm_jax import config_base
 
 

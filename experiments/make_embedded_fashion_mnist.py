@@ -4,6 +4,7 @@ usage: python experiments/make_embedded_fashion_mnist.py [--dir /usr/share/datas
 Needs the full IDX files (Debian: apt-get install dataset-fashion-mnist). Takes 500 train
 and 100 test images per class, chosen with a fixed seed, as uint8 28x28.
 """
+
 import argparse
 import os
 import sys
@@ -30,8 +31,10 @@ def main():
     arrays[f"{split}_images"] = images[keep]
     arrays[f"{split}_labels"] = labels[keep].astype(np.uint8)
   np.savez_compressed(args.out, **arrays)
-  print(f"wrote {args.out}: {os.path.getsize(args.out) / 1e6:.2f} MB",
-        {k: v.shape for k, v in arrays.items()})
+  print(
+    f"wrote {args.out}: {os.path.getsize(args.out) / 1e6:.2f} MB",
+    {k: v.shape for k, v in arrays.items()},
+  )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ remat (no FSDP, and with FSDP over 8 devices), and the plan for the paper's glob
   nice -n 19 python experiments/memory_table.py            # hours on a 2-core CPU
   python experiments/memory_table.py --print_only          # the tables from the stored fits
 """
+
 import argparse
 import dataclasses
 import json
@@ -27,14 +28,18 @@ xla_env.configure_for_cpu()
 from adm_jax import config_base  # noqa: E402  pylint: disable=wrong-import-position
 from adm_jax import memory_plan  # noqa: E402  pylint: disable=wrong-import-position
 
-MODELS = (("ADM-64", "imagenet64", "train"), ("ADM-128", "imagenet128", "train"),
-          ("ADM-256", "imagenet256", "train"), ("ADM-512", "imagenet512", "train"),
-          ("classifier 64", "classifier64", "train_classifier"),
-          ("classifier 128", "classifier128", "train_classifier"),
-          ("classifier 256", "classifier256", "train_classifier"),
-          ("classifier 512", "classifier512", "train_classifier"),
-          ("upsampler 64→256", "upsample64_256", "train"),
-          ("upsampler 128→512", "upsample128_512", "train"))
+MODELS = (
+  ("ADM-64", "imagenet64", "train"),
+  ("ADM-128", "imagenet128", "train"),
+  ("ADM-256", "imagenet256", "train"),
+  ("ADM-512", "imagenet512", "train"),
+  ("classifier 64", "classifier64", "train_classifier"),
+  ("classifier 128", "classifier128", "train_classifier"),
+  ("classifier 256", "classifier256", "train_classifier"),
+  ("classifier 512", "classifier512", "train_classifier"),
+  ("upsampler 64→256", "upsample64_256", "train"),
+  ("upsampler 128→512", "upsample128_512", "train"),
+)
 POLICIES = ("none", "convs_saveable")
 # Per-device batches of the two compilations: at batch 1-2 a remat step's peak is its fixed
 # part (gradients, optimizer update), so the line through them says nothing of activations.
@@ -62,15 +67,21 @@ def measure_all(models=MODELS) -> dict:
       config = config_base.from_config_file(name)
       start = time.perf_counter()
       fit = memory_plan.measure(config, policy, batches=BATCHES, mode=mode)
-      stored[key] = dict(dataclasses.asdict(fit), compile_s=time.perf_counter() - start,
-                         label=label, dtype=(config.classifier.dtype if mode == "train_classifier"
-                                             else config.model.dtype))
+      stored[key] = dict(
+        dataclasses.asdict(fit),
+        compile_s=time.perf_counter() - start,
+        label=label,
+        dtype=(config.classifier.dtype if mode == "train_classifier" else config.model.dtype),
+      )
       os.makedirs(os.path.dirname(OUT), exist_ok=True)
       with open(OUT + ".tmp", "w") as f:
         json.dump(stored, f, indent=2)
       os.replace(OUT + ".tmp", OUT)
-      print(f"{key}: {fit.fixed / 2**30:.2f} GiB + {fit.per_example / 2**30:.3f} GiB/example "
-            f"({stored[key]['compile_s']:.0f} s)", flush=True)
+      print(
+        f"{key}: {fit.fixed / 2**30:.2f} GiB + {fit.per_example / 2**30:.3f} GiB/example "
+        f"({stored[key]['compile_s']:.0f} s)",
+        flush=True,
+      )
   return stored
 
 
@@ -80,12 +91,20 @@ def _fit(entry) -> memory_plan.Fit:
 
 def tables(stored, models=MODELS) -> str:
   head = " | ".join(f"{gb} GiB" for gb in MEMORY_GB)
-  lines = ["Largest per-device batch, without / with remat (convs_saveable); in brackets with "
-           f"FSDP over {DEVICES} devices:", "", f"| model | dtype | {head} |",
-           "|---|---|" + "---|" * len(MEMORY_GB)]
-  plan_lines = [f"Plan for the paper's global batch on {DEVICES} devices (per-device batch / "
-                "microbatch / remat / FSDP; '-': nothing fits):", "",
-                f"| model | global batch | {head} |", "|---|---|" + "---|" * len(MEMORY_GB)]
+  lines = [
+    "Largest per-device batch, without / with remat (convs_saveable); in brackets with "
+    f"FSDP over {DEVICES} devices:",
+    "",
+    f"| model | dtype | {head} |",
+    "|---|---|" + "---|" * len(MEMORY_GB),
+  ]
+  plan_lines = [
+    f"Plan for the paper's global batch on {DEVICES} devices (per-device batch / "
+    "microbatch / remat / FSDP; '-': nothing fits):",
+    "",
+    f"| model | global batch | {head} |",
+    "|---|---|" + "---|" * len(MEMORY_GB),
+  ]
   for label, name, mode in models:
     fits = [_fit(stored[f"{name}:{mode}:{p}"]) for p in POLICIES if f"{name}:{mode}:{p}" in stored]
     if len(fits) < len(POLICIES):
@@ -93,14 +112,19 @@ def tables(stored, models=MODELS) -> str:
     dtype = stored[f"{name}:{mode}:none"]["dtype"]
     cells, plans = [], []
     config = config_base.from_config_file(name)
-    global_batch = config.classifier.batch_size if mode == "train_classifier" else config.train.batch_size
+    global_batch = (
+      config.classifier.batch_size if mode == "train_classifier" else config.train.batch_size
+    )
     for gb in MEMORY_GB:
       plain = [memory_plan.max_batch(f, gb, 1) for f in fits]
       sharded = [memory_plan.max_batch(f, gb, DEVICES) for f in fits]
       cells.append(f"{plain[0]} / {plain[1]} ({sharded[0]} / {sharded[1]})")
       p = memory_plan.plan(fits, global_batch, DEVICES, gb)
-      plans.append("-" if not p["microbatch"] else
-                   f"{p['per_device_batch']} / {p['microbatch']} / {p['remat']} / {p['fsdp']}")
+      plans.append(
+        "-"
+        if not p["microbatch"]
+        else f"{p['per_device_batch']} / {p['microbatch']} / {p['remat']} / {p['fsdp']}"
+      )
     lines.append(f"| {label} | {dtype} | " + " | ".join(cells) + " |")
     plan_lines.append(f"| {label} | {global_batch} | " + " | ".join(plans) + " |")
   return "\n".join(lines + [""] + plan_lines)

@@ -5,7 +5,8 @@ usage: python experiments/solver_table.py --workdir=WORKDIR [--num 1000] [--scal
            [--nfe 20,10,5,15,25,50] [--ceiling 250,1000] [--time_schedule logsnr]
            [--reference_num 10000] [--batch 250] [--only_extra] [--extra NAME:NFE:SCALE[:OPTS] ...]
 
-WORKDIR is a `configs/fashion_mnist.py` training workdir with a classifier (--mode=train_classifier).
+WORKDIR is a `configs/fashion_mnist.py` training workdir with a classifier
+(--mode=train_classifier).
 For each (sampler, NFE, classifier scale): `--num` samples with random labels (seed 0; batch i
 uses the same key for every sampler, so deterministic samplers start from the same x_T),
 through the sample mode's own jitted function (adm_jax.sampling.make_sample_fn; x_0 clipped
@@ -19,6 +20,7 @@ ddpm / ddim take NFE as respacing "N" (evenly spaced steps, both ends); the solv
 "ddim:50:0:eta=1.0", "ddim:50:0:respacing=ddim50", "ddim:50:0:clip=0",
 "dpmpp_2m:20:1:thresholding=1", "dpmpp_2m:20:1:schedule=time_uniform".
 """
+
 import argparse
 import json
 import os
@@ -53,8 +55,14 @@ class Runner:
 
   def __init__(self, args):
     import jax  # pylint: disable=g-import-not-at-top
-    from adm_jax import config_base, evaluation, networks, restore, sharding  # pylint: disable=g-import-not-at-top
+
+    from adm_jax import config_base  # pylint: disable=g-import-not-at-top
+    from adm_jax import evaluation  # pylint: disable=g-import-not-at-top
+    from adm_jax import networks  # pylint: disable=g-import-not-at-top
+    from adm_jax import restore  # pylint: disable=g-import-not-at-top
+    from adm_jax import sharding  # pylint: disable=g-import-not-at-top
     from experiments.guidance_sweep import cached_reference  # pylint: disable=g-import-not-at-top
+
     self.jax, self.evaluation = jax, evaluation
     self.args = args
     self.out = os.path.join(args.workdir, "solver_table")
@@ -64,30 +72,44 @@ class Runner:
     self.config = config
     self.mesh = sharding.create_mesh(1, jax.devices()[:1])
     config, self.model, self.params, self.step = restore.sampling_model(
-        config, args.workdir, self.mesh)
+      config, args.workdir, self.mesh
+    )
     self.classifier, self.clf_params = restore.guidance_classifier(config, args.workdir, self.mesh)
     self.base = networks.diffusion_process(config)
     from adm_jax.modes import sample  # pylint: disable=g-import-not-at-top
+
     self.labels = sample.parse_labels("random", args.num, config.model.num_classes, 0)
     stats = os.path.join(self.out, f"reference_stats_train_{args.reference_num}.npz")
     if not os.path.exists(stats):
-      evaluation.save_reference_stats(stats, cached_reference(self.out, "train", args.reference_num))
+      evaluation.save_reference_stats(
+        stats, cached_reference(self.out, "train", args.reference_num)
+      )
     self.reference = stats
 
   def sample_fn(self, point):
     from adm_jax import sampling  # pylint: disable=g-import-not-at-top
+
     options = point.get("options", {})
     name, nfe = point["sampler"], point["nfe"]
     solver = name in sampling.SOLVERS
     spec = sampling.SamplerSpec(
-        name=name, steps=0 if "respacing" in options else nfe,
-        timestep_respacing=options.get("respacing", ""), eta=float(options.get("eta", 0.0)),
-        time_schedule=options.get("schedule", self.args.time_schedule) if solver else "time_uniform",
-        thresholding=bool(int(options.get("thresholding", 0))))
+      name=name,
+      steps=0 if "respacing" in options else nfe,
+      timestep_respacing=options.get("respacing", ""),
+      eta=float(options.get("eta", 0.0)),
+      time_schedule=options.get("schedule", self.args.time_schedule) if solver else "time_uniform",
+      thresholding=bool(int(options.get("thresholding", 0))),
+    )
     return sampling.make_sample_fn(
-        self.model.inference_fn(), self.base, self.model.image_shape, spec, class_cond=True,
-        classifier_fn=self.classifier.inference_fn(), classifier_scale=point["scale"],
-        clip_denoised=bool(int(options.get("clip", 1)))), spec
+      self.model.inference_fn(),
+      self.base,
+      self.model.image_shape,
+      spec,
+      class_cond=True,
+      classifier_fn=self.classifier.inference_fn(),
+      classifier_scale=point["scale"],
+      clip_denoised=bool(int(options.get("clip", 1))),
+    ), spec
 
   def run(self, point):
     jax = self.jax
@@ -95,53 +117,72 @@ class Runner:
     n, batch = self.args.num, self.args.batch
     images, seconds, first = [], 0.0, 0.0
     for i in range(-(-n // batch)):
-      labels = jax.numpy.asarray(np.resize(self.labels[i * batch:(i + 1) * batch], batch))
+      labels = jax.numpy.asarray(np.resize(self.labels[i * batch : (i + 1) * batch], batch))
       start = time.perf_counter()
-      out = jax.block_until_ready(fn(self.params, jax.random.fold_in(jax.random.PRNGKey(0), i),
-                                     labels, self.clf_params))
+      out = jax.block_until_ready(
+        fn(self.params, jax.random.fold_in(jax.random.PRNGKey(0), i), labels, self.clf_params)
+      )
       if i == 0:
         first = time.perf_counter() - start  # compilation + one batch
       else:
         seconds += time.perf_counter() - start
       images.append(np.asarray(out))
     from adm_jax import sampling  # pylint: disable=g-import-not-at-top
+
     arr = sampling.to_uint8(np.concatenate(images)[:n])
     npz = os.path.join(self.out, point_name(point) + ".npz")
     np.savez(npz, arr_0=arr, arr_1=self.labels[:n])
     result = self.evaluation.evaluate_npz(npz, self.reference)
     timed_images = max(n - batch, 1)
-    result.update(point, nfe_per_image=spec.nfe(self.base), name=point_name(point),
-                  s_per_image=seconds / timed_images if n > batch else first / n,
-                  first_batch_s=first, checkpoint_step=self.step, sampler_spec=spec.describe())
+    result.update(
+      point,
+      nfe_per_image=spec.nfe(self.base),
+      name=point_name(point),
+      s_per_image=seconds / timed_images if n > batch else first / n,
+      first_batch_s=first,
+      checkpoint_step=self.step,
+      sampler_spec=spec.describe(),
+    )
     return result
 
 
 def table(results, scales):
   lines = []
   for scale in scales:
-    rows = sorted((r for r in results if r["scale"] == scale), key=lambda r: (r["sampler"], r["nfe"], r["name"]))
+    rows = sorted(
+      (r for r in results if r["scale"] == scale), key=lambda r: (r["sampler"], r["nfe"], r["name"])
+    )
     if not rows:
       continue
-    lines += [f"\nclassifier scale {scale:g}:\n",
-              "| sampler | NFE | FID | IS | precision | recall | class acc. | ms / image |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+      f"\nclassifier scale {scale:g}:\n",
+      "| sampler | NFE | FID | IS | precision | recall | class acc. | ms / image |",
+      "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
       label = r["sampler"] + "".join(f" {k}={v}" for k, v in sorted(r.get("options", {}).items()))
-      lines.append(f"| {label} | {r['nfe']} | {r['fid']:.2f} | {r['inception_score']:.2f} | "
-                   f"{r['precision']:.3f} | {r['recall']:.3f} | {r.get('classifier_accuracy', float('nan')):.3f} | "
-                   f"{1e3 * r['s_per_image']:.1f} |")
+      lines.append(
+        f"| {label} | {r['nfe']} | {r['fid']:.2f} | {r['inception_score']:.2f} | "
+        f"{r['precision']:.3f} | {r['recall']:.3f} | "
+        f"{r.get('classifier_accuracy', float('nan')):.3f} | "
+        f"{1e3 * r['s_per_image']:.1f} |"
+      )
   return "\n".join(lines)
 
 
 def plot(results, scales, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, len(scales), figsize=(5 * len(scales), 4), squeeze=False)
   for ax, scale in zip(axes[0], scales):
     rows = [r for r in results if r["scale"] == scale and not r.get("options")]
     for sampler in SAMPLERS:
-      points = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == sampler and r["nfe"] <= 50)
+      points = sorted(
+        (r["nfe"], r["fid"]) for r in rows if r["sampler"] == sampler and r["nfe"] <= 50
+      )
       if points:
         ax.plot(*zip(*points), marker="o", label=sampler)
     for r in rows:
@@ -181,11 +222,16 @@ def main():
   points = [parse_extra(e) for e in args.extra]
   if not args.only_extra:
     for scale in scales:
-      points += [{"sampler": "ddpm", "nfe": int(n), "scale": scale, "options": {}}
-                 for n in args.ceiling.split(",") if n]
+      points += [
+        {"sampler": "ddpm", "nfe": int(n), "scale": scale, "options": {}}
+        for n in args.ceiling.split(",")
+        if n
+      ]
       for nfe in args.nfe.split(","):
-        points += [{"sampler": s, "nfe": int(nfe), "scale": scale, "options": {}}
-                   for s in args.samplers.split(",")]
+        points += [
+          {"sampler": s, "nfe": int(nfe), "scale": scale, "options": {}}
+          for s in args.samplers.split(",")
+        ]
   path = os.path.join(args.workdir, "solver_table", "results.json")
   results = json.load(open(path)) if os.path.exists(path) else []
   done = {r["name"] for r in results}
@@ -199,13 +245,18 @@ def main():
     with open(path + ".tmp", "w") as f:
       json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
-    print(f"{result['name']}: FID {result['fid']:.2f} acc {result.get('classifier_accuracy', 0):.3f} "
-          f"P {result['precision']:.3f} R {result['recall']:.3f} "
-          f"{1e3 * result['s_per_image']:.1f} ms/image", flush=True)
+    print(
+      f"{result['name']}: FID {result['fid']:.2f} acc {result.get('classifier_accuracy', 0):.3f} "
+      f"P {result['precision']:.3f} R {result['recall']:.3f} "
+      f"{1e3 * result['s_per_image']:.1f} ms/image",
+      flush=True,
+    )
   print(table(results, sorted({r["scale"] for r in results})))
   if args.plot:
-    print("plot:", plot(results, sorted({r["scale"] for r in results if not r.get("options")}),
-                        args.plot))
+    print(
+      "plot:",
+      plot(results, sorted({r["scale"] for r in results if not r.get("options")}), args.plot),
+    )
 
 
 if __name__ == "__main__":

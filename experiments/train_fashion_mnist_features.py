@@ -1,10 +1,12 @@
 """Trains fmnist_cnn_v1, the feature network of the Fashion-MNIST metrics, and writes its weights.
 
-usage: python experiments/train_fashion_mnist_features.py [--epochs 4] [--out adm_jax/evaluation/weights]
+usage: python experiments/train_fashion_mnist_features.py [--epochs 4] \\
+         [--out adm_jax/evaluation/weights]
 Data: the full Fashion-MNIST IDX files (Debian: apt-get install dataset-fashion-mnist), resized
 28 → 32 with the diffusion pipeline's preprocessing; test accuracy on the 10k test images
 goes into the JSON card beside the weights.
 """
+
 import argparse
 import datetime
 import json
@@ -29,7 +31,9 @@ from adm_jax.evaluation import feature_net  # noqa: E402
 def load_split(split, directory):
   src = sources.fashion_mnist(split, directory)
   if "subset" in src.name:
-    raise SystemExit("the full Fashion-MNIST IDX files are needed (apt-get install dataset-fashion-mnist)")
+    raise SystemExit(
+      "the full Fashion-MNIST IDX files are needed (apt-get install dataset-fashion-mnist)"
+    )
   images = np.stack([preprocess_image(src.images[i], 32, channels=1) for i in range(len(src))])
   return images, src.labels.astype(np.int32)
 
@@ -56,34 +60,49 @@ def main():
     def loss_fn(p):
       out = module.apply({"params": p}, feature_net.to_input(x), train=True, rngs={"dropout": key})
       return optax.softmax_cross_entropy_with_integer_labels(out["logits"], y).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  predict = jax.jit(lambda p, x: module.apply({"params": p}, feature_net.to_input(x))["logits"].argmax(-1))
+  predict = jax.jit(
+    lambda p, x: module.apply({"params": p}, feature_net.to_input(x))["logits"].argmax(-1)
+  )
   rng = np.random.default_rng(0)
   step = 0
   for epoch in range(args.epochs):
     order = rng.permutation(len(x_train))
     for i in range(0, len(order) - args.batch + 1, args.batch):
-      idx = order[i:i + args.batch]
-      params, opt_state, loss = train_step(params, opt_state, x_train[idx], y_train[idx],
-                                           jax.random.PRNGKey(step))
+      idx = order[i : i + args.batch]
+      params, opt_state, loss = train_step(
+        params, opt_state, x_train[idx], y_train[idx], jax.random.PRNGKey(step)
+      )
       step += 1
     print(f"epoch {epoch + 1}: loss {float(loss):.4f}", flush=True)
-  correct = sum(int((np.asarray(predict(params, x_test[i:i + 1000])) == y_test[i:i + 1000]).sum())
-                for i in range(0, len(x_test), 1000))
+  correct = sum(
+    int((np.asarray(predict(params, x_test[i : i + 1000])) == y_test[i : i + 1000]).sum())
+    for i in range(0, len(x_test), 1000)
+  )
   accuracy = correct / len(x_test)
   os.makedirs(args.out, exist_ok=True)
-  np.savez_compressed(os.path.join(args.out, feature_net.NAME + ".npz"),
-                      **feature_net.flatten_params(params))
-  card = {"name": feature_net.NAME, "test_accuracy": accuracy, "test_images": len(x_test),
-          "train_images": len(x_train), "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
-          "architecture": feature_net.FashionCNN.__doc__,
-          "command": "python experiments/train_fashion_mnist_features.py " + " ".join(sys.argv[1:]),
-          "training_seconds": round(time.time() - start, 1), "jax": jax.__version__,
-          "date": datetime.date.today().isoformat(),
-          "data": "Fashion-MNIST (MIT licence, Zalando SE), Debian dataset-fashion-mnist IDX files"}
+  np.savez_compressed(
+    os.path.join(args.out, feature_net.NAME + ".npz"), **feature_net.flatten_params(params)
+  )
+  card = {
+    "name": feature_net.NAME,
+    "test_accuracy": accuracy,
+    "test_images": len(x_test),
+    "train_images": len(x_train),
+    "epochs": args.epochs,
+    "batch": args.batch,
+    "lr": args.lr,
+    "architecture": feature_net.FashionCNN.__doc__,
+    "command": "python experiments/train_fashion_mnist_features.py " + " ".join(sys.argv[1:]),
+    "training_seconds": round(time.time() - start, 1),
+    "jax": jax.__version__,
+    "date": datetime.date.today().isoformat(),
+    "data": "Fashion-MNIST (MIT licence, Zalando SE), Debian dataset-fashion-mnist IDX files",
+  }
   with open(os.path.join(args.out, feature_net.NAME + ".json"), "w") as f:
     json.dump(card, f, indent=2)
   print(f"test accuracy {accuracy:.4f}; wrote {args.out}")

@@ -1,4 +1,5 @@
 """Shared test set-up: XLA flags before jax, float64 schedules, fixture loading."""
+
 import json
 import os
 import pathlib
@@ -6,8 +7,9 @@ import pathlib
 # 8 fake CPU devices for the sharding tests (set before jax is imported); tests that
 # want one device build their mesh from jax.devices()[:1].
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
 
 from adm_jax import xla_env  # noqa: E402
 
@@ -16,20 +18,23 @@ xla_env.configure_for_cpu()  # the CPU convolution flag, as the entry points set
 # The tests compile hundreds of tiny programs and run each a few times: compilation, not
 # execution, is their cost, so LLVM skips its expensive optimisation passes here (the same HLO
 # and ops; only the generated CPU code is less tuned). Subprocesses inherit XLA_FLAGS.
-for _flag, _value in (("xla_backend_optimization_level", "0"),
-                      ("xla_llvm_disable_expensive_passes", "true")):
+for _flag, _value in (
+  ("xla_backend_optimization_level", "0"),
+  ("xla_llvm_disable_expensive_passes", "true"),
+):
   if _flag not in os.environ["XLA_FLAGS"] and xla_env.jaxlib_knows(_flag):
     os.environ["XLA_FLAGS"] += f" --{_flag}={_value}"
 
+import jax
 import numpy as np
 import pytest
 
-import jax
-
 # Many tests build the same small networks again (a resumed run re-jits its train step):
 # the persistent compilation cache turns those recompilations into cache reads.
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("ADM_JAX_TEST_CACHE", "/tmp/adm_jax_test_compile_cache"))
+jax.config.update(
+  "jax_compilation_cache_dir",
+  os.environ.get("ADM_JAX_TEST_CACHE", "/tmp/adm_jax_test_compile_cache"),
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,14 +44,19 @@ def one_device_env():
   """The environment of a subprocess that runs adm_jax on one CPU device: this session's XLA
   flags less the fake device count, and its persistent compilation cache."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if "xla_force_host_platform_device_count" not in f)
+  env["XLA_FLAGS"] = " ".join(
+    f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
+  )
   env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
   # The checkout under test, whatever copy of adm_jax is installed.
   env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
   return env
-FIXTURES = pathlib.Path(os.environ.get("ADM_JAX_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+
+
+FIXTURES = pathlib.Path(
+  os.environ.get("ADM_JAX_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")
+)
 FIXTURE_SETS = ("gd_tiny_cond", "gd_tiny_uncond")
 
 
@@ -82,8 +92,9 @@ class FixtureSet:
       atol = tol["atol"]
     bad = err > atol
     assert not bad.any(), (
-        f"{self.name}/{key}: max err {err.max():.3g} (per item "
-        f"{err.reshape(err.shape[0], -1).max(1)}) > atol {np.ravel(atol)}")
+      f"{self.name}/{key}: max err {err.max():.3g} (per item "
+      f"{err.reshape(err.shape[0], -1).max(1)}) > atol {np.ravel(atol)}"
+    )
 
 
 _cache = {}
@@ -107,6 +118,7 @@ def imagenet_standin_dir(tmp_path_factory):
   pytest.importorskip("tensorflow_datasets")
   pytest.importorskip("array_record")
   import imagenet_standin  # pylint: disable=g-import-not-at-top  (tests/ is on the path)
+
   directory = tmp_path_factory.mktemp("imagenet2012_standin")
   imagenet_standin.write_imagenet2012_standin(str(directory))
   return str(directory)
@@ -115,12 +127,18 @@ def imagenet_standin_dir(tmp_path_factory):
 def random_inception_params():
   """Inception-V3 parameters of random values (the FID weights are not downloaded)."""
   from adm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+
   leaves, treedef = jax.tree.flatten(inception.abstract_params())
   keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
-  return jax.tree.unflatten(treedef, [
-      jax.random.uniform(k, a.shape, minval=0.5, maxval=1.0) if a.ndim == 1 else
-      jax.random.normal(k, a.shape) * (1.0 / np.sqrt(np.prod(a.shape[:-1])))
-      for k, a in zip(keys, leaves)])
+  return jax.tree.unflatten(
+    treedef,
+    [
+      jax.random.uniform(k, a.shape, minval=0.5, maxval=1.0)
+      if a.ndim == 1
+      else jax.random.normal(k, a.shape) * (1.0 / np.sqrt(np.prod(a.shape[:-1])))
+      for k, a in zip(keys, leaves)
+    ],
+  )
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +146,7 @@ def random_inception_weights(tmp_path_factory):
   """(path of an npz of the random Inception-V3 parameters, the parameters): one file per
   session, so that the feature function is compiled once per worker."""
   from adm_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+
   params = random_inception_params()
   path = str(tmp_path_factory.mktemp("inception") / "inception.npz")
   np.savez(path, **inception.params_to_state_dict(params))

@@ -1,6 +1,7 @@
 """The import graph of adm_jax reads one way (ARCHITECTURE in README): no cycles, no import
 from a lower layer to a higher one, leaves that import no other part, no function-local
 imports of adm_jax, and no config key read with .get() (every key is declared)."""
+
 import ast
 import pathlib
 import re
@@ -11,19 +12,50 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "adm_jax"
 
 # Layers, lowest first; a module may import its own layer (without cycles) and the ones below.
 LAYERS = [
-    ("leaves", ("adm_jax", "adm_jax.xla_env", "adm_jax.config_base", "adm_jax.diffusion",
-                "adm_jax.models", "adm_jax.data", "adm_jax.report", "adm_jax.files")),
-    ("library", ("adm_jax.networks", "adm_jax.guidance", "adm_jax.sharding", "adm_jax.convert",
-                 "adm_jax.sampling", "adm_jax.evaluation", "adm_jax.workdir", "adm_jax.plots")),
-    ("training", ("adm_jax.training",)),
-    ("experiment", ("adm_jax.experiment", "adm_jax.restore", "adm_jax.validation",
-                    "adm_jax.memory_plan")),
-    ("modes", ("adm_jax.modes", "adm_jax.benchmarks")),
-    ("entry points", ("adm_jax.main", "adm_jax.bench", "adm_jax.device_check")),
+  (
+    "leaves",
+    (
+      "adm_jax",
+      "adm_jax.xla_env",
+      "adm_jax.config_base",
+      "adm_jax.diffusion",
+      "adm_jax.models",
+      "adm_jax.data",
+      "adm_jax.report",
+      "adm_jax.files",
+    ),
+  ),
+  (
+    "library",
+    (
+      "adm_jax.networks",
+      "adm_jax.guidance",
+      "adm_jax.sharding",
+      "adm_jax.convert",
+      "adm_jax.sampling",
+      "adm_jax.evaluation",
+      "adm_jax.workdir",
+      "adm_jax.plots",
+    ),
+  ),
+  ("training", ("adm_jax.training",)),
+  (
+    "experiment",
+    ("adm_jax.experiment", "adm_jax.restore", "adm_jax.validation", "adm_jax.memory_plan"),
+  ),
+  ("modes", ("adm_jax.modes", "adm_jax.benchmarks")),
+  ("entry points", ("adm_jax.main", "adm_jax.bench", "adm_jax.device_check")),
 ]
 # Leaves know nothing of each other (diffusion and models meet only through model_fn).
-LEAVES = ("adm_jax.diffusion", "adm_jax.models", "adm_jax.data", "adm_jax.config_base",
-          "adm_jax.xla_env", "adm_jax.report", "adm_jax.files")
+LEAVES = (
+  "adm_jax.diffusion",
+  "adm_jax.models",
+  "adm_jax.data",
+  "adm_jax.config_base",
+  "adm_jax.xla_env",
+  "adm_jax.report",
+  "adm_jax.files",
+)
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -70,7 +102,9 @@ def imports(path: pathlib.Path):
 
 def _is_module(name: str) -> bool:
   rel = pathlib.Path(*name.split(".")[1:])
-  return name == "adm_jax" or (PACKAGE / rel).with_suffix(".py").exists() or (PACKAGE / rel).is_dir()
+  return (
+    name == "adm_jax" or (PACKAGE / rel).with_suffix(".py").exists() or (PACKAGE / rel).is_dir()
+  )
 
 
 def graph():
@@ -91,7 +125,7 @@ def test_no_import_cycle():
     state[node] = "open"
     for dep in sorted(edges.get(node, ())):
       if state.get(dep) == "open":
-        cycle = stack[stack.index(dep):] + [dep]
+        cycle = stack[stack.index(dep) :] + [dep]
         pytest.fail("import cycle: " + " -> ".join(cycle))
       if dep not in state:
         visit(dep, stack + [dep])
@@ -108,8 +142,9 @@ def test_imports_point_down_and_leaves_stay_leaves():
   for name, deps in edges.items():
     for dep in deps:
       if layer_of(dep) > layer_of(name):
-        upward.append(f"{name} ({LAYERS[layer_of(name)][0]}) imports {dep} "
-                      f"({LAYERS[layer_of(dep)][0]})")
+        upward.append(
+          f"{name} ({LAYERS[layer_of(name)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})"
+        )
       if group_of(name) in LEAVES and group_of(dep) != group_of(name) and dep != "adm_jax":
         across.append(f"{name} imports {dep}")
   assert not upward, upward
@@ -134,18 +169,31 @@ def test_the_graph_is_the_real_one():
 
 def test_main_imports_only_the_modes_and_its_own_helpers():
   edges, _ = graph()
-  allowed = {"adm_jax.config_base", "adm_jax.modes", "adm_jax.report", "adm_jax.sharding",
-             "adm_jax.xla_env"}
+  allowed = {
+    "adm_jax.config_base",
+    "adm_jax.modes",
+    "adm_jax.report",
+    "adm_jax.sharding",
+    "adm_jax.xla_env",
+  }
   assert edges["adm_jax.main"] <= allowed, edges["adm_jax.main"] - allowed
 
 
 def test_sampling_and_evaluation_build_no_training_objects():
   # Restoring parameters for sampling needs no optimizer, train state or train step.
   edges, _ = graph()
-  for name in ("adm_jax.restore", "adm_jax.modes.sample", "adm_jax.modes.nll",
-               "adm_jax.modes.evaluate"):
-    assert not edges[name] & {"adm_jax.experiment", "adm_jax.training.step",
-                              "adm_jax.training.update", "adm_jax.training.loop"}, name
+  for name in (
+    "adm_jax.restore",
+    "adm_jax.modes.sample",
+    "adm_jax.modes.nll",
+    "adm_jax.modes.evaluate",
+  ):
+    assert not edges[name] & {
+      "adm_jax.experiment",
+      "adm_jax.training.step",
+      "adm_jax.training.update",
+      "adm_jax.training.loop",
+    }, name
 
 
 NETWORK_CONSTRUCTORS = re.compile(r"\bmodels\.(create_model|create_classifier|create_sr_model)\(")

@@ -3,14 +3,17 @@ consistent with each other (FLOPs of the parts add up, rates follow from the tim
 
 No speed is asserted (benchmarks measure; tests check what they measure and report).
 """
+
 import json
 import subprocess
 import sys
 import textwrap
 import time
 
+from conftest import REPO_ROOT
 import jax
 import pytest
+import tiny
 
 from adm_jax import experiment
 from adm_jax.benchmarks import compare
@@ -19,14 +22,16 @@ from adm_jax.benchmarks import profile
 from adm_jax.benchmarks import timing
 from adm_jax.modes import train as train_mode
 from adm_jax.training import state as state_lib
-from conftest import REPO_ROOT
-import tiny
 
 
 def tiny_bench_config():
   c = tiny.config()
-  c.classifier.update(channel_mult="1,2", classifier_attention_resolutions="4",
-                      classifier_width=32, classifier_depth=1)
+  c.classifier.update(
+    channel_mult="1,2",
+    classifier_attention_resolutions="4",
+    classifier_width=32,
+    classifier_depth=1,
+  )
   c.model.update(num_classes=10)
   return c
 
@@ -65,11 +70,15 @@ def test_timed_reports_medians_of_the_calls():
 @pytest.mark.slow  # compiles train steps and sampling loops
 def test_train_sample_and_components_report(tmp_path):
   config = tiny_bench_config()
-  train = timing.bench_train(config, batch=2, repeats=1, warmup=0,
-                            profile_dir=str(tmp_path / "profile"))
+  train = timing.bench_train(
+    config, batch=2, repeats=1, warmup=0, profile_dir=str(tmp_path / "profile")
+  )
   assert train["images_per_s"] == pytest.approx(2 / train["median_s"])
   assert train["params"] == state_lib.param_count(
-      experiment.build(timing.bench_config(config, 2), timing.single_device_mesh()).abstract_state.params)
+    experiment.build(
+      timing.bench_config(config, 2), timing.single_device_mesh()
+    ).abstract_state.params
+  )
   # --profile: a trace on disk and the op kinds that took the most time in it, sorted.
   assert list((tmp_path / "profile").rglob("*.xplane.pb"))
   top = train["profile"]["top_ops"]
@@ -78,8 +87,9 @@ def test_train_sample_and_components_report(tmp_path):
   profile.print_profile(train["profile"])
 
   samplers = ("ddim", "dpmpp_2m")
-  sample = timing.bench_sample(config, batch=2, steps=2, repeats=1, warmup=0, skip=[],
-                              samplers=samplers)
+  sample = timing.bench_sample(
+    config, batch=2, steps=2, repeats=1, warmup=0, skip=[], samplers=samplers
+  )
   assert set(sample) == {f"{s}_{k}" for s in samplers for k in ("unguided", "classifier", "cfg")}
   for r in sample.values():
     assert r["steps"] == 2 and r["s_per_step"] == pytest.approx(r["loop_median_s"] / 2)
@@ -92,15 +102,28 @@ def test_train_sample_and_components_report(tmp_path):
     assert flops[f"{s}_unguided"] == pytest.approx(forward, rel=0.1)
     assert flops[f"{s}_cfg"] == pytest.approx(2 * forward, rel=0.1)
     assert flops[f"{s}_classifier"] - flops[f"{s}_unguided"] == pytest.approx(
-        components["classifier_grad_flops_per_image"], rel=0.1)
+      components["classifier_grad_flops_per_image"], rel=0.1
+    )
 
   ref_path = tmp_path / "ref.json"  # the layout of ref-harness/bench.py --out
-  ref_path.write_text(json.dumps({"train_step": {"median_s": 1.5 * train["median_s"]},
-                                  "ema_update": {"median_s": 0.5 * train["median_s"]},
-                                  "ddim_step_unguided": {"median_s": 1.0},
-                                  "ddim_step_guided": {"median_s": 1.7}}))
-  rows = compare.table_rows({"train": train, "sample": sample, "components": components,
-                           "reference": compare.reference_medians(str(ref_path))})
+  ref_path.write_text(
+    json.dumps(
+      {
+        "train_step": {"median_s": 1.5 * train["median_s"]},
+        "ema_update": {"median_s": 0.5 * train["median_s"]},
+        "ddim_step_unguided": {"median_s": 1.0},
+        "ddim_step_guided": {"median_s": 1.7},
+      }
+    )
+  )
+  rows = compare.table_rows(
+    {
+      "train": train,
+      "sample": sample,
+      "components": components,
+      "reference": compare.reference_medians(str(ref_path)),
+    }
+  )
   by_name = {r[0]: r for r in rows}
   assert "dpmpp_2m guided step / DDIM guided step" in by_name
   # The harness's EMA (timed apart) counts into its train step, as ours includes EMA.
@@ -113,14 +136,16 @@ def test_train_sample_and_components_report(tmp_path):
 
 @pytest.mark.slow  # compiles train steps and sampling loops
 def test_memory_table_for_a_config_file(tmp_path, capsys):
-  (tmp_path / "tiny.py").write_text(textwrap.dedent("""
+  (tmp_path / "tiny.py").write_text(
+    textwrap.dedent("""
       from adm_jax import config_base
       def get_config():
         c = config_base.base_config()
         c.model.update(image_size=8, num_channels=32, channel_mult="1,2", attention_resolutions="4",
                        num_heads=1, num_res_blocks=1, in_channels=1)
         return c
-      """))
+      """)
+  )
   settings = (("float32", False), ("bfloat16", True))
   rows = memory.bench_memory((str(tmp_path / "tiny.py"),), settings)
   assert [(r["dtype"], r["remat"]) for r in rows] == list(settings)
@@ -128,12 +153,17 @@ def test_memory_table_for_a_config_file(tmp_path, capsys):
     assert 0 < r["GiB"] < 1 and r["train_flops_per_image"] > 0
     assert all(r[f"fits_{g}"] == (r["GiB"] <= g) for g in (16, 32, 80))
     # At least the train state: float32 params, EMA and Adam's two moments.
-    assert r["GiB"] * 2 ** 30 >= 4 * 4 * r["params"]
+    assert r["GiB"] * 2**30 >= 4 * 4 * r["params"]
   memory.print_memory_table(rows)
   assert "fits 16 / 32 / 80 GiB" in capsys.readouterr().out
 
 
 def test_unknown_preset_is_refused():
-  result = subprocess.run([sys.executable, "-m", "adm_jax.bench", "--preset=nope"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "adm_jax.bench", "--preset=nope"],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode != 0 and "unknown --preset 'nope'" in result.stderr

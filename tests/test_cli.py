@@ -1,5 +1,6 @@
 """The command line: help from anywhere, refusals in one line (in-process, through the real flag
 parser and main), and every mode once through the real command line on the tiny model."""
+
 import json
 import logging
 import os
@@ -7,14 +8,14 @@ import shutil
 import subprocess
 import sys
 
+from conftest import one_device_env
 import pytest
+import tiny
 
 from adm_jax import config_base
 from adm_jax import evaluation
 from adm_jax import main
 from adm_jax import report as report_lib
-from conftest import one_device_env
-import tiny
 
 
 @pytest.fixture
@@ -22,7 +23,13 @@ def cli(monkeypatch, tmp_path):
   """run(args) -> (exit code, stderr) of adm_jax.main in this process, with main's logging set-up
   undone afterwards (it stops adm_jax's logs from propagating)."""
   logger, absl_logger = logging.getLogger("adm_jax"), logging.getLogger("absl")
-  saved = (logger.handlers[:], logger.propagate, logger.level, absl_logger.level, sys.unraisablehook)
+  saved = (
+    logger.handlers[:],
+    logger.propagate,
+    logger.level,
+    absl_logger.level,
+    sys.unraisablehook,
+  )
 
   def run(args, capsys):
     monkeypatch.setattr(sys, "argv", ["adm-jax"] + args)
@@ -62,22 +69,33 @@ def test_the_default_config_is_a_name_that_resolves_anywhere(tmp_path, monkeypat
 
 def test_an_unknown_config_key_is_refused_in_one_line(tmp_path, capsys):
   with pytest.raises(SystemExit) as stopped:
-    main.parse_flags(["adm-jax", "--config=fashion_mnist", f"--workdir={tmp_path}",
-                      "--config.train.nmu_steps=3"])
+    main.parse_flags(
+      ["adm-jax", "--config=fashion_mnist", f"--workdir={tmp_path}", "--config.train.nmu_steps=3"]
+    )
   err = capsys.readouterr().err
   assert stopped.value.code == 2
-  assert err.startswith("error: unknown config key train.nmu_steps; did you mean "
-                        "train.num_steps or ")
+  assert err.startswith(
+    "error: unknown config key train.nmu_steps; did you mean train.num_steps or "
+  )
   assert len(err.strip().splitlines()) == 1
   assert not os.listdir(tmp_path)  # nothing written
 
 
 def test_an_unknown_sampler_is_refused_in_one_line(tmp_path, capsys, cli):
-  code, out = cli(["--config=fashion_mnist", f"--workdir={tmp_path}", "--mode=sample",
-                   "--config.sample.batch_size=8", "--config.sample.sampler=dpm_solver"], capsys)
+  code, out = cli(
+    [
+      "--config=fashion_mnist",
+      f"--workdir={tmp_path}",
+      "--mode=sample",
+      "--config.sample.batch_size=8",
+      "--config.sample.sampler=dpm_solver",
+    ],
+    capsys,
+  )
   assert code == 1
-  assert out.err.startswith("error: sample: unknown sampler 'dpm_solver'; expected one of ddpm, "
-                            "ddim,")
+  assert out.err.startswith(
+    "error: sample: unknown sampler 'dpm_solver'; expected one of ddpm, ddim,"
+  )
   assert len(out.err.strip().splitlines()) == 1 and "Traceback" not in out.err
   assert not os.listdir(tmp_path)
 
@@ -85,7 +103,8 @@ def test_an_unknown_sampler_is_refused_in_one_line(tmp_path, capsys, cli):
 def test_a_missing_workdir_is_refused_in_one_line(capsys, cli):
   code, out = cli(["--config=fashion_mnist"], capsys)
   assert code == 2 and out.err.strip() == (
-      "error: --workdir is required (checkpoints, metrics and samples go there)")
+    "error: --workdir is required (checkpoints, metrics and samples go there)"
+  )
 
 
 def tiny_flags():
@@ -94,7 +113,7 @@ def tiny_flags():
   want = json.loads(tiny.config().to_json())
   flags = []
   for section, values in want.items():
-    for key, value in (values.items() if isinstance(values, dict) else ()):
+    for key, value in values.items() if isinstance(values, dict) else ():
       if base[section][key] != value:
         flags.append(f"--config.{section}.{key}={value}")
   return flags
@@ -106,12 +125,18 @@ def test_every_mode_through_the_real_command_line(tmp_path):
   # that training prints next), eval, nll and plan; each exits 0 and says what comes next.
   env = one_device_env()
   workdir = str(tmp_path / "w")
-  common = [sys.executable, "-m", "adm_jax.main", "--config=fashion_mnist",
-            f"--workdir={workdir}"] + tiny_flags()
+  common = [
+    sys.executable,
+    "-m",
+    "adm_jax.main",
+    "--config=fashion_mnist",
+    f"--workdir={workdir}",
+  ] + tiny_flags()
 
   def run(*extra):
-    result = subprocess.run(common + list(extra), cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600, env=env)
+    result = subprocess.run(
+      common + list(extra), cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -119,7 +144,8 @@ def test_every_mode_through_the_real_command_line(tmp_path):
   assert out.startswith(f"train: {report_lib.FINISHED} at step 4") and "--mode=sample" in out
   out = run("--mode=train_classifier")
   assert "val_acc1" in out and "--config.sample.classifier_scale=1.0" in out
-  out = run("--mode=sample", "--config.sample.classifier_scale=1.0")
+  # (test_sample's guided scale: the compilation cache serves the program it compiled)
+  out = run("--mode=sample", "--config.sample.classifier_scale=50.0")
   assert "samples: " in out and "--mode=eval" in out
   samples = [line.split(": ", 1)[1] for line in out.splitlines() if "samples: " in line][0]
   assert os.path.exists(samples)

@@ -1,24 +1,30 @@
 """Every experiment config loads and builds its networks abstractly (jax.eval_shape)."""
+
 import glob
 import os
 
+import jax
 import numpy as np
 import pytest
-
-import jax
 
 from adm_jax import config_base
 from adm_jax import models
 from adm_jax import networks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
-                 if not os.path.basename(p).startswith("_"))
+CONFIGS = sorted(
+  p
+  for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+  if not os.path.basename(p).startswith("_")
+)
 # Tracing the init of a 256 / 512 px network takes seconds: those run in the full suite only.
 SMALL = ("fashion_mnist.py", "cifar10.py", "imagenet64.py", "classifier64.py", "imagenet.py")
-CONFIG_PARAMS = [pytest.param(p, id=os.path.basename(p),
-                              marks=() if os.path.basename(p) in SMALL else pytest.mark.slow)
-                 for p in CONFIGS]
+CONFIG_PARAMS = [
+  pytest.param(
+    p, id=os.path.basename(p), marks=() if os.path.basename(p) in SMALL else pytest.mark.slow
+  )
+  for p in CONFIGS
+]
 
 
 def count(tree):
@@ -38,16 +44,25 @@ def test_config_builds_abstractly(path):
 
 
 @pytest.mark.slow  # traces the init of every paper-size network
-@pytest.mark.parametrize("name, released", [
-    ("imagenet64", "64x64_diffusion"), ("imagenet128", "128x128_diffusion"),
-    ("imagenet256", "256x256_diffusion"), ("imagenet256_uncond", "256x256_diffusion_uncond"),
-    ("imagenet512", "512x512_diffusion"), ("upsample64_256", "64_256_upsampler"),
-    ("upsample128_512", "128_512_upsampler"), ("lsun_bedroom", "lsun_bedroom")])
+@pytest.mark.parametrize(
+  "name, released",
+  [
+    ("imagenet64", "64x64_diffusion"),
+    ("imagenet128", "128x128_diffusion"),
+    ("imagenet256", "256x256_diffusion"),
+    ("imagenet256_uncond", "256x256_diffusion_uncond"),
+    ("imagenet512", "512x512_diffusion"),
+    ("upsample64_256", "64_256_upsampler"),
+    ("upsample128_512", "128_512_upsampler"),
+    ("lsun_bedroom", "lsun_bedroom"),
+  ],
+)
 def test_paper_configs_match_released_networks(name, released):
   config = config_base.from_config_file(os.path.join(REPO, "configs", name + ".py"))
   ours = networks.unet(config).abstract_params()
-  theirs = networks.from_flags(models.released_kind(released),
-                               models.released_config(released)).abstract_params()
+  theirs = networks.from_flags(
+    models.released_kind(released), models.released_config(released)
+  ).abstract_params()
   assert jax.tree.map(lambda a: a.shape, ours) == jax.tree.map(lambda a: a.shape, theirs)
 
 

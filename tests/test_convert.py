@@ -1,15 +1,17 @@
 """Reference checkpoint conversion: .pt and .npz paths, the CLI, and its errors."""
+
 import importlib.util
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
-from conftest import load_fixture, nchw_to_nhwc, nhwc_to_nchw, REPO_ROOT
-
+from conftest import REPO_ROOT
+from conftest import load_fixture
+from conftest import nchw_to_nhwc
+from conftest import nhwc_to_nchw
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from adm_jax import convert
 
@@ -17,14 +19,18 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 def test_torch_key_mapping():
-  assert convert.torch_key(("input_blocks_3_0", "in_layers_2", "kernel")) == \
-      "input_blocks.3.0.in_layers.2.weight"
+  assert (
+    convert.torch_key(("input_blocks_3_0", "in_layers_2", "kernel"))
+    == "input_blocks.3.0.in_layers.2.weight"
+  )
   assert convert.torch_key(("out_2", "positional_embedding")) == "out.2.positional_embedding"
   assert convert.torch_key(("label_emb", "embedding")) == "label_emb.weight"
   assert convert.torch_key(("middle_block_1", "proj_out", "bias")) == "middle_block.1.proj_out.bias"
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (the .npz path is tested without it)")
+@pytest.mark.skipif(
+  not HAS_TORCH, reason="torch is not installed (the .npz path is tested without it)"
+)
 @pytest.mark.parametrize("stem, kind", [("unet", "unet"), ("classifier", "classifier")])
 def test_pt_and_npz_give_identical_params(stem, kind):
   fx = load_fixture("gd_tiny_cond")
@@ -40,17 +46,33 @@ def test_cli_writes_a_checkpoint_that_reloads_to_the_same_outputs(tmp_path):
   fx = load_fixture("gd_tiny_cond")
   source = fx.dir / ("unet.pt" if HAS_TORCH else "unet_params.npz")
   out = tmp_path / "converted"
-  result = subprocess.run([sys.executable, "-m", "adm_jax.convert", "--checkpoint", str(source),
-                           "--config", str(fx.dir / "config.json"), "--out", str(out)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "adm_jax.convert",
+      "--checkpoint",
+      str(source),
+      "--config",
+      str(fx.dir / "config.json"),
+      "--out",
+      str(out),
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "2.09M parameters" in result.stdout
   flags, params = convert.load_converted(str(out))
   from adm_jax import models
+
   model = models.create_model(flags)
   y = jnp.asarray(fx["in_y"], jnp.int32)
-  got = model.apply({"params": params}, jnp.asarray(nchw_to_nhwc(fx["out_q_sample"])),
-                    jnp.asarray(fx["in_t"]), y=y)
+  got = model.apply(
+    {"params": params}, jnp.asarray(nchw_to_nhwc(fx["out_q_sample"])), jnp.asarray(fx["in_t"]), y=y
+  )
   fx.check("out_model", nhwc_to_nchw(got))
 
 

@@ -1,10 +1,11 @@
 """Data sources, reference preprocessing, and the deterministic resumable per-host loader."""
+
 import gzip
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from adm_jax import config_base
 from adm_jax import data
@@ -85,12 +86,12 @@ def test_preprocessing_matches_direct_pil():
   array = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
   got = data.preprocess(array, 64)
   image = Image.fromarray(array)
-  image = image.resize((100, 150), resample=Image.BOX)       # 200x300 -> halve while >= 128
+  image = image.resize((100, 150), resample=Image.BOX)  # 200x300 -> halve while >= 128
   scale = 64 / 100
   image = image.resize((round(100 * scale), round(150 * scale)), resample=Image.BICUBIC)
   expected = np.asarray(image)
   top = (expected.shape[0] - 64) // 2
-  np.testing.assert_array_equal(got, expected[top:top + 64, :64])
+  np.testing.assert_array_equal(got, expected[top : top + 64, :64])
   gray = data.preprocess(array, 32, channels=1)
   assert gray.shape == (32, 32, 1)
   crop = data.preprocess(array, 64, random_crop_=True, rng=np.random.default_rng(1))
@@ -145,23 +146,32 @@ def test_corrupt_images_skipped_and_counted_or_fatal(tmp_path):
   for i in range(6):
     _png(tmp_path / f"ok_{i}.png", (i * 20, 0, 0))
   (tmp_path / "bad_0.png").write_bytes(b"not a png")
-  it = data.create_data_iterator(cfg(name="folder", data_dir=str(tmp_path), folder_labels="none"),
-                                 global_batch_size=7, image_size=8, seed=0)
+  it = data.create_data_iterator(
+    cfg(name="folder", data_dir=str(tmp_path), folder_labels="none"),
+    global_batch_size=7,
+    image_size=8,
+    seed=0,
+  )
   batch = next(it)
   it.close()
   # Every 7-image epoch holds the bad file once; the loader may have prefetched more batches.
   assert batch["image"].shape[0] == 7 and it.num_skipped >= 1
   assert np.isfinite(batch["image"]).all()
-  it = data.create_data_iterator(cfg(name="folder", data_dir=str(tmp_path), folder_labels="none",
-                                     on_corrupt="raise"), global_batch_size=7, image_size=8, seed=0)
+  it = data.create_data_iterator(
+    cfg(name="folder", data_dir=str(tmp_path), folder_labels="none", on_corrupt="raise"),
+    global_batch_size=7,
+    image_size=8,
+    seed=0,
+  )
   with pytest.raises(data.CorruptImageError, match="bad_0.png"):
     next(it)
 
 
 def test_empty_dataset_and_bad_labels_and_names(tmp_path):
   with pytest.raises(ValueError, match="is empty"):
-    data.create_data_iterator(cfg(name="folder", data_dir=str(tmp_path)), global_batch_size=2,
-                              image_size=8, seed=0)
+    data.create_data_iterator(
+      cfg(name="folder", data_dir=str(tmp_path)), global_batch_size=2, image_size=8, seed=0
+    )
   with pytest.raises(ValueError, match="out of range for num_classes=3"):
     next(_arrays_iterator(num_classes=3))
   with pytest.raises(ValueError, match="unknown data.name"):

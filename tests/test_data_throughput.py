@@ -1,4 +1,5 @@
 """The loader's throughput measurement (adm_jax.data.throughput) on a few synthetic JPEGs."""
+
 import numpy as np
 import pytest
 

@@ -1,10 +1,10 @@
 """Properties of the diffusion core where the reference fixtures are silent."""
-import numpy as np
-import pytest
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from adm_jax import diffusion
 from adm_jax import guidance
@@ -24,14 +24,17 @@ def test_space_timesteps_known_values():
   assert len(schedules.space_timesteps(4000, "250")) == 250
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("ddim300", "timestep_respacing 'ddim300'"),    # no integer stride gives 300 of 1000
-    ("2000", "timestep_respacing '2000'"),          # more steps than there are
+@pytest.mark.parametrize(
+  "spec, match",
+  [
+    ("ddim300", "timestep_respacing 'ddim300'"),  # no integer stride gives 300 of 1000
+    ("2000", "timestep_respacing '2000'"),  # more steps than there are
     ("400,400,400", "section 0 has only 334"),
     ("ddimx", "ddimN"),
     ("abc", "timestep_respacing 'abc'"),
     ("0", "asks for 0"),
-])
+  ],
+)
 def test_bad_respacing_raises(spec, match):
   with pytest.raises(ValueError, match=match):
     diffusion.create_gaussian_diffusion(steps=1000, timestep_respacing=spec)
@@ -51,8 +54,9 @@ def test_bad_arguments_raise():
 
 
 def test_rescaled_timesteps_seen_by_model():
-  gd = diffusion.create_gaussian_diffusion(steps=4000, timestep_respacing="4",
-                                           rescale_timesteps=True)
+  gd = diffusion.create_gaussian_diffusion(
+    steps=4000, timestep_respacing="4", rescale_timesteps=True
+  )
   t = gd.model_timesteps(jnp.arange(4))
   np.testing.assert_allclose(t, np.array([0, 1333, 2666, 3999]) * 0.25)
   assert t.dtype == jnp.float32
@@ -67,8 +71,7 @@ def test_learned_sigma_needs_2c_channels():
 # ----------------------------------------------------------------- an exact "oracle" model
 def oracle_eps_model(gd, point):
   """The exact eps-predictor for data concentrated at one image `point` [H, W, C]."""
-  base = diffusion.create_gaussian_diffusion(steps=gd.original_num_steps,
-                                             noise_schedule="linear")
+  base = diffusion.create_gaussian_diffusion(steps=gd.original_num_steps, noise_schedule="linear")
   abar = jnp.asarray(base.alphas_cumprod, jnp.float32)
 
   def model_fn(x, t, **unused):
@@ -105,8 +108,12 @@ def test_ancestral_loop_with_oracle_converges_and_is_seeded():
   np.testing.assert_allclose(a, jnp.broadcast_to(POINT, SHAPE), atol=2e-3)
   # Different keys draw different paths (compare a noisy intermediate state).
   path = lambda key: diffusion.p_sample_loop(gd, model_fn, SHAPE, key, progressive=True)
-  assert np.abs(np.asarray(path(jax.random.key(0))["samples"][10]
-                           - path(jax.random.key(1))["samples"][10])).max() > 0.1
+  assert (
+    np.abs(
+      np.asarray(path(jax.random.key(0))["samples"][10] - path(jax.random.key(1))["samples"][10])
+    ).max()
+    > 0.1
+  )
 
 
 def test_progressive_loops_return_every_step():
@@ -121,8 +128,9 @@ def test_progressive_loops_return_every_step():
 
 @pytest.mark.parametrize("schedule, learn_sigma", [("linear", False), ("cosine", True)])
 def test_full_1000_step_loop_zero_model_is_finite(schedule, learn_sigma):
-  gd = diffusion.create_gaussian_diffusion(steps=1000, noise_schedule=schedule,
-                                           learn_sigma=learn_sigma)
+  gd = diffusion.create_gaussian_diffusion(
+    steps=1000, noise_schedule=schedule, learn_sigma=learn_sigma
+  )
   channels = 6 if learn_sigma else 3
   zero = lambda x, t, **kw: jnp.zeros(x.shape[:-1] + (channels,))
   x = jax.jit(lambda k: diffusion.p_sample_loop(gd, zero, SHAPE, k))(jax.random.key(0))
@@ -144,8 +152,8 @@ def test_hybrid_loss_stops_mean_gradient_in_vb():
 
   g_vb = jax.grad(term)(output, "vb")
   g_mse = jax.grad(term)(output, "mse")
-  assert np.abs(g_vb[..., :3]).max() == 0          # mean learns from L_simple only
-  assert np.abs(g_vb[..., 3:]).max() > 0           # variance learns from L_vlb
+  assert np.abs(g_vb[..., :3]).max() == 0  # mean learns from L_simple only
+  assert np.abs(g_vb[..., 3:]).max() > 0  # variance learns from L_vlb
   assert np.abs(g_mse[..., 3:]).max() == 0
   assert np.abs(g_mse[..., :3]).max() > 0
 
@@ -187,7 +195,7 @@ def test_loss_second_moment_sampler_matches_python_statement():
     np.testing.assert_allclose(state.losses, np_losses, rtol=1e-6)
     np.testing.assert_array_equal(state.counts, np_counts)
   assert (np_counts == 10).all()
-  rms = np.sqrt((np_losses ** 2).mean(-1))
+  rms = np.sqrt((np_losses**2).mean(-1))
   expected = rms / rms.sum() * 0.999 + 0.001 / 5
   w = sampler.weights(state)
   np.testing.assert_allclose(w / w.sum(), expected, rtol=1e-5)
@@ -210,6 +218,7 @@ def test_sampler_is_uniform_until_warm():
 # ----------------------------------------------------------------- guidance
 class TinyEps(nn.Module):
   """A ~1k-parameter stand-in network: conv over x plus a timestep and label bias."""
+
   out_channels: int = 3
 
   @nn.compact
@@ -233,8 +242,12 @@ def _tiny_networks(out_channels=3):
   t = jnp.zeros((2,), jnp.int32)
   y = jnp.zeros((2,), jnp.int32)
   unet, clf = TinyEps(out_channels), TinyClassifier()
-  return (unet, unet.init(jax.random.key(0), x, t, y)["params"],
-          clf, clf.init(jax.random.key(1), x, t)["params"])
+  return (
+    unet,
+    unet.init(jax.random.key(0), x, t, y)["params"],
+    clf,
+    clf.init(jax.random.key(1), x, t)["params"],
+  )
 
 
 def test_classifier_cond_fn_is_gradient_of_log_prob():
@@ -263,9 +276,14 @@ def test_guidance_scale_zero_equals_unguided(sampler):
   # DDIM's score guidance re-derives x_0 from eps (x_0 -> eps -> x_0) even at s = 0, so
   # the two differ by float32 rounding of that round trip (~5e-6 over 5 steps).
   np.testing.assert_allclose(plain, guided, atol=1e-6 if sampler == "ddpm" else 5e-5)
-  stronger = loop(gd, model_fn, SHAPE, jax.random.key(0), model_kwargs=kw,
-                  cond_fn=guidance.classifier_cond_fn(
-                      lambda x, t: clf.apply({"params": clf_params}, x, t), 50.0))
+  stronger = loop(
+    gd,
+    model_fn,
+    SHAPE,
+    jax.random.key(0),
+    model_kwargs=kw,
+    cond_fn=guidance.classifier_cond_fn(lambda x, t: clf.apply({"params": clf_params}, x, t), 50.0),
+  )
   assert np.abs(np.asarray(stronger) - np.asarray(plain)).max() > 1e-4
 
 
@@ -283,8 +301,9 @@ def test_classifier_free_guidance_mixes_in_one_call():
   calls.clear()
   for w in (0.0, 3.0):
     out = guidance.classifier_free_model_fn(model_fn, w, null_label=10)(x, t, y=y)
-    np.testing.assert_allclose(out[..., :3], (1 + w) * cond[..., :3] - w * uncond[..., :3],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      out[..., :3], (1 + w) * cond[..., :3] - w * uncond[..., :3], atol=1e-5
+    )
     np.testing.assert_allclose(out[..., 3:], cond[..., 3:], atol=1e-6)  # variance: conditional
   assert calls == [4, 4]  # one batched call of 2B per use
 
@@ -293,10 +312,12 @@ def test_classifier_free_and_classifier_guidance_compose():
   unet, params, clf, clf_params = _tiny_networks(out_channels=6)
   gd = diffusion.create_gaussian_diffusion(steps=1000, learn_sigma=True, timestep_respacing="4")
   model_fn = guidance.classifier_free_model_fn(
-      lambda x, t, y=None: unet.apply({"params": params}, x, t, y), 2.0, null_label=10)
+    lambda x, t, y=None: unet.apply({"params": params}, x, t, y), 2.0, null_label=10
+  )
   cond_fn = guidance.classifier_cond_fn(lambda x, t: clf.apply({"params": clf_params}, x, t), 1.0)
-  x = diffusion.p_sample_loop(gd, model_fn, SHAPE, jax.random.key(0),
-                              model_kwargs={"y": jnp.array([0, 9])}, cond_fn=cond_fn)
+  x = diffusion.p_sample_loop(
+    gd, model_fn, SHAPE, jax.random.key(0), model_kwargs={"y": jnp.array([0, 9])}, cond_fn=cond_fn
+  )
   assert x.shape == SHAPE and np.isfinite(np.asarray(x)).all()
 
 
@@ -320,10 +341,8 @@ def test_guided_250_step_loop_is_one_scan_compiled_once():
 
   def sample(params, clf_params, key, y):
     model_fn = lambda x, t, y=None: unet.apply({"params": params}, x, t, y)
-    cond_fn = guidance.classifier_cond_fn(
-        lambda x, t: clf.apply({"params": clf_params}, x, t), 1.0)
-    return diffusion.p_sample_loop(gd, model_fn, SHAPE, key, cond_fn=cond_fn,
-                                   model_kwargs={"y": y})
+    cond_fn = guidance.classifier_cond_fn(lambda x, t: clf.apply({"params": clf_params}, x, t), 1.0)
+    return diffusion.p_sample_loop(gd, model_fn, SHAPE, key, cond_fn=cond_fn, model_kwargs={"y": y})
 
   y = jnp.array([1, 2])
   closed = jax.make_jaxpr(sample)(params, clf_params, jax.random.key(0), y)

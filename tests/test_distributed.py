@@ -1,16 +1,16 @@
 """Two processes on localhost (jax.distributed, CPU collectives) train like one process."""
+
 import os
 import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
-
-import jax
+import tiny_train
 
 from adm_jax import sharding as shd
-import tiny_train
 
 pytestmark = pytest.mark.slow  # whole runs: each test trains, samples or runs a notebook
 
@@ -27,9 +27,16 @@ def test_two_processes_train_like_one(tmp_path):
   out = tmp_path / "params.npz"
   port = str(_free_port())
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
-  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "dist_worker.py"), str(i), "2",
-                             port, str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, os.path.join(HERE, "dist_worker.py"), str(i), "2", port, str(out)],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   logs = []
   for p in procs:
     try:

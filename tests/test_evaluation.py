@@ -1,4 +1,5 @@
 """Metric mathematics (known answers), the npz layout, and the shipped feature network."""
+
 import os
 
 import numpy as np
@@ -62,20 +63,27 @@ def test_precision_recall_known_answers():
 def test_batched_manifold_equals_unbatched():
   rng = np.random.default_rng(3)
   ref, samples = rng.normal(size=(130, 5)), rng.normal(size=(90, 5)) * 1.3
-  assert metrics.precision_recall(ref, samples, batch=17) == metrics.precision_recall(ref, samples, batch=10000)
+  assert metrics.precision_recall(ref, samples, batch=17) == metrics.precision_recall(
+    ref, samples, batch=10000
+  )
   # float32 distance matmuls summed in another order per batch size: 1.2e-6 relative seen here
   # (one radius of 130), so 1e-5, an order above float32 rounding, not the 1e-6 it once had.
-  np.testing.assert_allclose(metrics.manifold_radii(ref, batch=7), metrics.manifold_radii(ref), rtol=1e-5)
+  np.testing.assert_allclose(
+    metrics.manifold_radii(ref, batch=7), metrics.manifold_radii(ref), rtol=1e-5
+  )
   d = ((ref[:, None] - ref[None]) ** 2).sum(-1)
-  np.testing.assert_allclose(metrics.manifold_radii(ref), np.sort(d, axis=1)[:, 3], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    metrics.manifold_radii(ref), np.sort(d, axis=1)[:, 3], rtol=1e-4, atol=1e-5
+  )
 
 
 def test_nearest_distances_matches_brute_force():
   rng = np.random.default_rng(4)
   points, reference = rng.normal(size=(23, 6)), rng.normal(size=(40, 6))
   expected = np.sqrt(((points[:, None] - reference[None]) ** 2).sum(-1)).min(axis=1)
-  np.testing.assert_allclose(metrics.nearest_distances(points, reference, batch=5), expected,
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    metrics.nearest_distances(points, reference, batch=5), expected, rtol=1e-4, atol=1e-5
+  )
   assert metrics.nearest_distances(reference[:3], reference).max() < 1e-2
 
 
@@ -95,6 +103,7 @@ def test_npz_layout_reader(tmp_path):
 @pytest.mark.skipif(not os.path.exists(feature_net.WEIGHTS), reason="feature net weights not built")
 def test_shipped_feature_net_classifies_real_images():
   from adm_jax import data
+
   card = feature_net.card()
   assert card["name"] == feature_net.NAME and card["test_accuracy"] > 0.85
   src = data.sources.fashion_mnist("test")
@@ -112,7 +121,10 @@ def test_shipped_feature_net_classifies_real_images():
 @pytest.mark.xdist_group("inception")  # one compilation with test_imagenet_flow's
 def test_inception_random_weights_shapes_and_loader_round_trip(tmp_path, random_inception_weights):
   import jax
-  from adm_jax.evaluation import api, inception
+
+  from adm_jax.evaluation import api
+  from adm_jax.evaluation import inception
+
   path, params = random_inception_weights
   loaded = inception.load_inception_params(path)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):

@@ -1,15 +1,15 @@
 """Scripts in experiments/: the sweep's reference batches, the precision diagnostics on real
 images, and the convolution benchmark's three parts (they compute the right gradients)."""
+
 import importlib.util
 import os
 import shutil
 import textwrap
 
+from conftest import REPO_ROOT
 import jax
 import numpy as np
 import pytest
-
-from conftest import REPO_ROOT
 
 
 def _load(name):
@@ -27,7 +27,10 @@ def test_guidance_sweep_writes_training_reference_once(tmp_path):
     assert data["arr_0"].shape == (12, 32, 32, 1) and data["arr_0"].dtype == np.uint8
     assert data["arr_1"].shape == (12,)
   stamp = os.stat(path).st_mtime_ns
-  assert sweep.cached_reference(str(tmp_path), "train", 12) == path and os.stat(path).st_mtime_ns == stamp
+  assert (
+    sweep.cached_reference(str(tmp_path), "train", 12) == path
+    and os.stat(path).st_mtime_ns == stamp
+  )
 
 
 def test_precision_diagnostics_of_real_images(tmp_path, capsys):
@@ -41,6 +44,7 @@ def test_precision_diagnostics_of_real_images(tmp_path, capsys):
   diagnostics.main(["--workdir", str(tmp_path), "--reference_num", "12"])
   line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("guidance_real")][0]
   from adm_jax import evaluation  # pylint: disable=g-import-not-at-top
+
   accuracy = evaluation.classifier_accuracy(real)
   assert f"acc={accuracy:.3f}" in line and "n=12" in line
   assert "train12:P1.000/R1.000" in line and "nn/real 0.000" in line
@@ -52,9 +56,13 @@ def test_conv_kernels_script_times_the_right_gradients():
   script = _load("conv_kernels")
   parts = script.jax_functions(1, 4, 2, 3)
   (forward, (x, kernel)), (input_grad, (_, _, g)), (kernel_grad, _) = (
-      parts["forward"], parts["input_grad"], parts["kernel_grad"])
-  plain = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), script.PADDING,
-                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    parts["forward"],
+    parts["input_grad"],
+    parts["kernel_grad"],
+  )
+  plain = lambda a, b: jax.lax.conv_general_dilated(
+    a, b, (1, 1), script.PADDING, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   _, vjp = jax.vjp(plain, x, kernel)
   want_x, want_k = vjp(g)
   np.testing.assert_allclose(forward(x, kernel), plain(x, kernel), rtol=1e-5, atol=1e-5)
@@ -69,22 +77,35 @@ def test_conv_kernels_script_times_the_right_gradients():
 def test_device_check_runs_on_the_cpu(tmp_path, capsys):
   # Without an accelerator the one-shot device check compares the CPU with itself.
   from adm_jax import device_check  # pylint: disable=g-import-not-at-top
+
   out = tmp_path / "device_check.json"
   tiny = tmp_path / "tiny.py"  # a class-conditional 8x8 model with a classifier: seconds to compile
-  tiny.write_text(textwrap.dedent("""
+  tiny.write_text(
+    textwrap.dedent("""
       from adm_jax import config_base
       def get_config():
         c = config_base.from_config_file("fashion_mnist")
         c.model.update(image_size=8, num_channels=32, channel_mult="1,2", attention_resolutions="4",
                        num_heads=1)
-        c.classifier.update(classifier_width=32, channel_mult="1,2", classifier_attention_resolutions="4")
+        c.classifier.update(classifier_width=32, channel_mult="1,2",
+                            classifier_attention_resolutions="4")
         return c
-      """))
-  code = device_check.main([f"--small={tiny}", f"--big={tiny}", "--batches=4", "--steps=1",
-                            "--sample_batch=2", f"--out={out}"])
+      """)
+  )
+  code = device_check.main(
+    [
+      f"--small={tiny}",
+      f"--big={tiny}",
+      "--batches=4",
+      "--steps=1",
+      "--sample_batch=2",
+      f"--out={out}",
+    ]
+  )
   printed = capsys.readouterr().out
   assert code == 0 and "parity within tolerance" in printed and "yes" in printed
   import json  # pylint: disable=g-import-not-at-top
+
   result = json.loads(out.read_text())
   assert result["parity"]["loss"] == 0.0 and result["train"]["batch"] == 4
   assert result["train"]["images_per_s"] > 0 and result["guided"]["steps_per_s"] > 0

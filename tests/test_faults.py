@@ -5,6 +5,8 @@ Workdir ownership, run identity on resume, damaged checkpoints, non-finite state
 after a resume, SIGTERM, an already finished run, class counts, guidance without a
 classifier, settings refused before any work, 16-bit images, sampling without a checkpoint.
 """
+
+import dataclasses
 import glob
 import json
 import logging
@@ -15,20 +17,19 @@ import subprocess
 import sys
 import time
 
-import dataclasses
-
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
+import tiny
 
 from adm_jax import data as data_lib
 from adm_jax import evaluation
 from adm_jax import experiment
 from adm_jax import files
+from adm_jax import report as report_lib
 from adm_jax import sampling
 from adm_jax import sharding as shd
-from adm_jax import report as report_lib
 from adm_jax import training
 from adm_jax import validation
 from adm_jax import workdir as workdir_lib
@@ -38,7 +39,6 @@ from adm_jax.modes import train
 from adm_jax.training import checkpoint as ckpt_lib
 from adm_jax.training import loop as loop_lib
 from adm_jax.training import metrics as metrics_lib
-import tiny
 
 MESH = tiny.MESH
 tiny_config = tiny.config
@@ -50,8 +50,9 @@ def test_a_second_run_in_a_locked_workdir_stops_at_once(tmp_path):
   workdir = str(tmp_path / "w")
   with workdir_lib.WorkdirLock(workdir, "train"):
     start = time.perf_counter()
-    with pytest.raises(workdir_lib.WorkdirInUseError,
-                       match=rf"{workdir} is in use by train \(pid {os.getpid()} on "):
+    with pytest.raises(
+      workdir_lib.WorkdirInUseError, match=rf"{workdir} is in use by train \(pid {os.getpid()} on "
+    ):
       train.run(tiny_config(), workdir, MESH)
     assert time.perf_counter() - start < 5
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # nothing written
@@ -110,8 +111,11 @@ def four_checkpoints(tmp_path_factory):
 
 def _largest_data_file(step_dir):
   """The state's biggest data file (its array chunks; orbax does not need every file)."""
-  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
-           if os.path.isfile(f)]
+  files = [
+    f
+    for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+    if os.path.isfile(f)
+  ]
   return max(files, key=os.path.getsize)
 
 
@@ -124,7 +128,7 @@ def _garble_a_data_file(step_dir):
   # the fingerprint saved with the checkpoint).
   path = _largest_data_file(step_dir)
   data = bytearray(open(path, "rb").read())
-  data[len(data) // 3:len(data) // 3 + 16] = bytes(16)
+  data[len(data) // 3 : len(data) // 3 + 16] = bytes(16)
   open(path, "wb").write(bytes(data))
 
 
@@ -132,17 +136,25 @@ def _truncate(relative):
   def damage(step_dir):
     path = os.path.join(step_dir, relative)
     open(path, "r+b").truncate(os.path.getsize(path) // 2)
+
   return damage
 
 
 @pytest.mark.slow  # trains the four-checkpoint workdir
 @pytest.mark.xdist_group("four_checkpoints")
-@pytest.mark.parametrize("damage", [_delete_a_data_file, _garble_a_data_file,
-                                    _truncate("meta/metadata"), _truncate("state/_METADATA")],
-                         ids=["data file deleted", "data file garbled", "meta truncated",
-                              "state metadata truncated"])
+@pytest.mark.parametrize(
+  "damage",
+  [
+    _delete_a_data_file,
+    _garble_a_data_file,
+    _truncate("meta/metadata"),
+    _truncate("state/_METADATA"),
+  ],
+  ids=["data file deleted", "data file garbled", "meta truncated", "state metadata truncated"],
+)
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_restored(
-    four_checkpoints, tmp_path, damage, caplog):
+  four_checkpoints, tmp_path, damage, caplog
+):
   source, config = four_checkpoints
   workdir = str(tmp_path / "w")
   shutil.copytree(source, workdir)
@@ -161,7 +173,8 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_restored(
 @pytest.mark.slow  # trains the four-checkpoint workdir, then resumes
 @pytest.mark.xdist_group("four_checkpoints")
 def test_training_resumes_past_a_damaged_checkpoint_and_all_damaged_is_one_clear_error(
-    four_checkpoints, tmp_path):
+  four_checkpoints, tmp_path
+):
   source, config = four_checkpoints
   workdir = str(tmp_path / "w")
   shutil.copytree(source, workdir)
@@ -173,11 +186,18 @@ def test_training_resumes_past_a_damaged_checkpoint_and_all_damaged_is_one_clear
   assert [r["step"] for r in records] == [1, 2, 3, 4, 5]  # step 4 logged again, once
   for step in (1, 2, 3, 4, 5):
     _truncate("meta/metadata")(os.path.join(workdir, "checkpoints", str(step)))
-  with pytest.raises(ckpt_lib.NoUsableCheckpointError,
-                     match=r"no usable checkpoint in .*step 5 \(.*step 1 \("):
+  with pytest.raises(
+    ckpt_lib.NoUsableCheckpointError, match=r"no usable checkpoint in .*step 5 \(.*step 1 \("
+  ):
     tiny.train_tiny(tiny_config(num_steps=6), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "damaged"))) == [
-      "1", "2", "3", "4", "4.1", "5"]  # both damaged copies of step 4 kept
+    "1",
+    "2",
+    "3",
+    "4",
+    "4.1",
+    "5",
+  ]  # both damaged copies of step 4 kept
 
 
 # ----------------------------------------------------------------------------- NaN / Inf
@@ -190,22 +210,25 @@ def exploding():
 @pytest.mark.slow  # trains
 def test_an_exploding_state_is_never_saved(tmp_path, exploding):
   workdir = str(tmp_path / "w")
-  with pytest.raises(training.NonFiniteLossError,
-                     match=r"non-finite parameters, EMA or optimizer state after the update at "
-                     r"step 1.*last good checkpoint \(none\)"):
-    train.run(tiny_config(num_steps=3, lr=1e39, checkpoint_every=1), workdir, MESH,
-              experiment=exploding)
+  with pytest.raises(
+    training.NonFiniteLossError,
+    match=r"non-finite parameters, EMA or optimizer state after the update at "
+    r"step 1.*last good checkpoint \(none\)",
+  ):
+    train.run(
+      tiny_config(num_steps=3, lr=1e39, checkpoint_every=1), workdir, MESH, experiment=exploding
+    )
   assert steps_of(workdir) == []
 
 
 @pytest.mark.slow  # resumes and trains
 def test_a_non_finite_state_after_resuming_stops_and_keeps_the_last_good_checkpoint(
-    tmp_path, exploding):
+  tmp_path, exploding
+):
   # (The non-finite loss and gradient paths: tests/test_train_step.py.)
   workdir = tiny.trained_copy(tmp_path)  # steps 2 and 4
   config = tiny_config(num_steps=8, lr=1e39, allow_config_change=True)  # resume anyway
-  with pytest.raises(training.NonFiniteLossError,
-                     match=r"step 5.*last good checkpoint \(step 4\)"):
+  with pytest.raises(training.NonFiniteLossError, match=r"step 5.*last good checkpoint \(step 4\)"):
     train.run(config, workdir, MESH, experiment=exploding)
   assert steps_of(workdir) == [2, 4]
   state = tiny.final_state(workdir)
@@ -214,6 +237,7 @@ def test_a_non_finite_state_after_resuming_stops_and_keeps_the_last_good_checkpo
 
 def test_a_restored_non_finite_state_counts_as_damaged(tmp_path):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
   good = {"w": jnp.ones((3,))}
   checkpointer.save(1, good, {})
@@ -232,7 +256,11 @@ def test_metric_rows_after_the_restored_step_are_superseded(tmp_path):
   for step in (1, 2, 3, 4):
     writer.write(step, {"loss": float(step)})
   metrics_lib.MetricWriter(str(tmp_path), tensorboard=False, resume_step=2).write(3, {"loss": 9.0})
-  assert [(r["step"], r["loss"]) for r in metrics_lib.read_metrics(path)] == [(1, 1), (2, 2), (3, 9)]
+  assert [(r["step"], r["loss"]) for r in metrics_lib.read_metrics(path)] == [
+    (1, 1),
+    (2, 2),
+    (3, 9),
+  ]
   superseded = metrics_lib.read_metrics(str(tmp_path / metrics_lib.SUPERSEDED))
   assert [r["step"] for r in superseded] == [3, 4]  # moved, not deleted
 
@@ -266,15 +294,21 @@ def test_a_finished_run_says_so_without_compiling(tmp_path):
   assert again.status == report_lib.ALREADY_FINISHED and again.step == 2
   assert time.perf_counter() - start < 20  # no train-step compilation
   assert "raise the number of steps" in again.notes[0]
-  assert [r["step"] for r in metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))] == [1, 2]
+  assert [r["step"] for r in metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))] == [
+    1,
+    2,
+  ]
 
 
 # ----------------------------------------------------------------------------- class counts
 def test_classifier_with_fewer_classes_than_the_data_is_refused_before_training(tmp_path):
   config = tiny_config()
   config.classifier.num_classes = 5
-  with pytest.raises(validation.ConfigError, match=r"classifier.num_classes=5 but the data .* "
-                     r"has 10 classes"):
+  with pytest.raises(
+    validation.ConfigError,
+    match=r"classifier.num_classes=5 but the data .* "
+    r"has 10 classes",
+  ):
     train.run_classifier(config, str(tmp_path), MESH)
 
 
@@ -291,22 +325,32 @@ def test_guidance_without_a_trained_classifier_says_so(tmp_path):
   shutil.rmtree(os.path.join(workdir, "classifier"))
   config = tiny_config()
   config.sample.update(classifier_scale=1.0, num_samples=2, batch_size=2, steps=2)
-  with pytest.raises(FileNotFoundError, match=r"no checkpoint under .*classifier/checkpoints: "
-                     r"run --mode=train_classifier first"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r"no checkpoint under .*classifier/checkpoints: "
+    r"run --mode=train_classifier first",
+  ):
     sample.run(config, workdir, MESH)
   assert not os.path.exists(os.path.join(workdir, config.sample.output_dir))  # nothing created
 
 
 # ----------------------------------------------------------------------------- settings
-@pytest.mark.parametrize("key, value, message", [
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
     ("sample.classifier_scale", -1.0, "sample.classifier_scale=-1.0 must be >= 0"),
     ("sample.cfg_scale", -2.0, "sample.cfg_scale=-2.0 must be >= 0"),
     ("train.log_every", 0, "train.log_every=0 must be an integer >= 1"),
     ("train.checkpoint_every", 0, "train.checkpoint_every=0 must be an integer >= 1"),
-    ("train.batch_size", 7, r"train.batch_size=7 must be a positive multiple of the number of devices \(2\)"),
+    (
+      "train.batch_size",
+      7,
+      r"train.batch_size=7 must be a positive multiple of the number of devices \(2\)",
+    ),
     ("data.channels", 2, "data.channels=2 must be 1 .grayscale. or 3 .RGB."),
     ("model.dtype", "float16", "float16' cannot train: adm_jax has no loss scaling"),
-])
+  ],
+)
 def test_bad_values_fail_with_the_key_and_the_rule(key, value, message):
   config = tiny_config()
   section, name = key.split(".")
@@ -329,8 +373,9 @@ def test_loader_stops_decoding_when_the_data_is_all_corrupt(tmp_path):
   for i in range(40):
     (tmp_path / f"c_{i}.png").write_bytes(b"not a png")
   source = data_lib.FolderSource(str(tmp_path))
-  loader = data_lib.BatchIterator(source, global_batch_size=8, image_size=8, seed=0,
-                                  num_workers=2, channels=1)
+  loader = data_lib.BatchIterator(
+    source, global_batch_size=8, image_size=8, seed=0, num_workers=2, channels=1
+  )
   with pytest.raises(data_lib.CorruptImageError, match="unreadable images in a row"):
     next(loader)
   assert loader._pool._shutdown  # pylint: disable=protected-access
@@ -383,8 +428,12 @@ def small_disk(tmp_path):
   drill covers other machines with RLIMIT_FSIZE). fill(leave) leaves `leave` bytes free."""
   mount = tmp_path / "disk"
   mount.mkdir()
-  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs",
-                                          str(mount)], capture_output=True).returncode:
+  if (
+    os.geteuid() != 0
+    or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True
+    ).returncode
+  ):
     pytest.skip("mounting a tmpfs needs root (experiments/fault_drill.sh uses RLIMIT_FSIZE)")
   filler = mount / "filler"
 
@@ -404,8 +453,12 @@ def small_disk(tmp_path):
 
 
 def _no_partial_files(directory):
-  left = [os.path.join(root, n) for root, dirs, names in os.walk(directory)
-          for n in names + dirs if ".tmp" in n or "orbax-checkpoint-tmp" in n]
+  left = [
+    os.path.join(root, n)
+    for root, dirs, names in os.walk(directory)
+    for n in names + dirs
+    if ".tmp" in n or "orbax-checkpoint-tmp" in n
+  ]
   assert not left, left
 
 
@@ -413,8 +466,8 @@ def _no_partial_files(directory):
 def test_a_full_disk_during_a_checkpoint_keeps_the_newest_complete_one(small_disk):
   mount, fill, free = small_disk
   workdir = str(mount / "w")
-  tiny.train_tiny(tiny_config(num_steps=2), workdir)            # checkpoint 2 fits
-  fill(leave=64 * 1024)                                          # rows fit, a checkpoint not
+  tiny.train_tiny(tiny_config(num_steps=2), workdir)  # checkpoint 2 fits
+  fill(leave=64 * 1024)  # rows fit, a checkpoint not
   with pytest.raises(files.OutOfSpaceError) as full:
     tiny.train_tiny(tiny_config(num_steps=4), workdir)
   message = str(full.value)
@@ -424,7 +477,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_newest_complete_one(small_dis
   _no_partial_files(workdir)
   assert int(tiny.final_state(workdir).step) == 2  # the newest complete checkpoint reads
   free()
-  report = tiny.train_tiny(tiny_config(num_steps=4), workdir)   # the same command resumes
+  report = tiny.train_tiny(tiny_config(num_steps=4), workdir)  # the same command resumes
   assert report.step == 4 and steps_of(workdir) == [2, 4]
   tiny.assert_trees_equal(tiny.final_state(workdir), tiny.final_state(tiny.trained_workdir()))
 
@@ -438,7 +491,9 @@ def test_a_full_disk_during_a_metrics_row_leaves_no_half_line(small_disk):
   with pytest.raises(files.OutOfSpaceError, match=r"writing a metrics row .*metrics.jsonl"):
     writer.write(2, wide)
   path = str(mount / "w" / "metrics.jsonl")
-  assert open(path).read().endswith("\n") and [r["step"] for r in metrics_lib.read_metrics(path)] == [1]
+  assert open(path).read().endswith("\n") and [
+    r["step"] for r in metrics_lib.read_metrics(path)
+  ] == [1]
   free()
   writer.write(2, wide)
   assert [r["step"] for r in metrics_lib.read_metrics(path)] == [1, 2]
@@ -448,8 +503,11 @@ def test_a_full_disk_during_a_metrics_row_leaves_no_half_line(small_disk):
 def test_a_full_disk_during_sampling_keeps_the_finished_parts(small_disk, tmp_path):
   mount, fill, free = small_disk
   settings = dict(num_samples=12, batch_size=4)
-  reference = np.load(sample.run(tiny.sample_config(output_dir=str(tmp_path / "ref"), **settings),
-                                 tiny.trained_workdir(), MESH).outputs["samples"])["arr_0"]
+  reference = np.load(
+    sample.run(
+      tiny.sample_config(output_dir=str(tmp_path / "ref"), **settings), tiny.trained_workdir(), MESH
+    ).outputs["samples"]
+  )["arr_0"]
   out = str(mount / "out")
   config = tiny.sample_config(output_dir=out, **settings)
   parts = sample.parts_directory(out, sample.sampling_settings(config, tiny.TRAINED_STEPS[-1]))
@@ -462,6 +520,7 @@ def test_a_full_disk_during_sampling_keeps_the_finished_parts(small_disk, tmp_pa
       if os.path.exists(os.path.join(parts, "part_00000.npz")):
         fill(leave=0)
       return fn(*a)
+
     return run
 
   sample.compiled_sampler = fill_after_first_part
@@ -489,9 +548,12 @@ def test_a_full_disk_during_a_grid_leaves_nothing(small_disk):
 @pytest.mark.slow  # samples on one and on eight devices
 @pytest.mark.parametrize("first, then", [(1, 8), (8, 1)])
 def test_sampling_resumed_on_another_device_count_gives_the_same_samples(tmp_path, first, then):
-  settings = dict(num_samples=16, batch_size=8, classifier_scale=1.0)
-  straight = sample.run(tiny.sample_config(output_dir=str(tmp_path / "straight"), **settings),
-                        tiny.trained_workdir(), shd.create_mesh(1, jax.devices()[:first]))
+  settings = dict(num_samples=16, batch_size=8)
+  straight = sample.run(
+    tiny.sample_config(output_dir=str(tmp_path / "straight"), **settings),
+    tiny.trained_workdir(),
+    shd.create_mesh(1, jax.devices()[:first]),
+  )
   config = tiny.sample_config(output_dir=str(tmp_path / "resumed"), **settings)
   real, calls = sample.compiled_sampler, []
 
@@ -503,6 +565,7 @@ def test_sampling_resumed_on_another_device_count_gives_the_same_samples(tmp_pat
       if len(calls) == 2:
         raise KeyboardInterrupt  # interrupted after part 0 was written
       return fn(*a)
+
     return run
 
   sample.compiled_sampler = stop_at_second_batch
@@ -512,8 +575,9 @@ def test_sampling_resumed_on_another_device_count_gives_the_same_samples(tmp_pat
   finally:
     sample.compiled_sampler = real
   resumed = sample.run(config, tiny.trained_workdir(), shd.create_mesh(1, jax.devices()[:then]))
-  np.testing.assert_array_equal(np.load(resumed.outputs["samples"])["arr_0"],
-                                np.load(straight.outputs["samples"])["arr_0"])
+  np.testing.assert_array_equal(
+    np.load(resumed.outputs["samples"])["arr_0"], np.load(straight.outputs["samples"])["arr_0"]
+  )
 
 
 # ----------------------------------------------------------------------------- damaged eval inputs
@@ -525,20 +589,24 @@ def _eval_inputs(tmp_path):
   return config, real
 
 
-@pytest.mark.parametrize("damage, message", [
+@pytest.mark.parametrize(
+  "damage, message",
+  [
     ("truncated", r"samples.npz is not a readable npz \(truncated, damaged or another format"),
     ("text", r"samples.npz is not a readable npz"),
     ("nan", r"samples.npz: arr_0 holds NaN or inf"),
     ("range", r"samples.npz: arr_0 must be uint8 in 0..255, got int64 with values 0..300"),
-])
-def test_damaged_samples_are_refused_in_one_line_before_any_feature(tmp_path, monkeypatch, damage,
-                                                                    message):
+  ],
+)
+def test_damaged_samples_are_refused_in_one_line_before_any_feature(
+  tmp_path, monkeypatch, damage, message
+):
   config, real = _eval_inputs(tmp_path)
   path = tmp_path / "samples.npz"
   images = np.load(real)["arr_0"]
   if damage == "truncated":
     data = open(real, "rb").read()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
   elif damage == "text":
     path.write_text("not an npz")
   elif damage == "nan":
@@ -553,15 +621,26 @@ def test_damaged_samples_are_refused_in_one_line_before_any_feature(tmp_path, mo
 
 
 def test_reference_statistics_of_another_feature_network_are_refused_before_any_feature(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   config, real = _eval_inputs(tmp_path)
   stats = str(tmp_path / "stats.npz")
-  np.savez(stats, feature_net="inception_v3", mu=np.zeros(4), sigma=np.eye(4),
-           spatial_mu=np.zeros(4), spatial_sigma=np.eye(4), pool=np.zeros((6, 4)))
+  np.savez(
+    stats,
+    feature_net="inception_v3",
+    mu=np.zeros(4),
+    sigma=np.eye(4),
+    spatial_mu=np.zeros(4),
+    spatial_sigma=np.eye(4),
+    pool=np.zeros((6, 4)),
+  )
   monkeypatch.setattr(evaluation.api, "_extractor", lambda *a: pytest.fail("features computed"))
   config.sample.update(sample_npz=real, reference_batch=stats)
-  with pytest.raises(ValueError, match=r"stats.npz are of the feature network inception_v3, not "
-                     r"fmnist_cnn_v1 \(sample.feature_net\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"stats.npz are of the feature network inception_v3, not "
+    r"fmnist_cnn_v1 \(sample.feature_net\)",
+  ):
     evaluate.run(config, str(tmp_path))
 
 
@@ -571,10 +650,11 @@ def test_an_aborted_process_is_explained_from_its_native_log(tmp_path, monkeypat
   # supervisor prints when the coordination service aborted a process whose peer is gone.
   log = tmp_path / "process_0.log"
   log.write_text(
-      "E1204 coordination_service.cc:1549] Use error polling to propagate the following error "
-      "to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending "
-      "heartbeats):\n1\nThe tasks have crashed.\nF1204 client.h:80] Terminating process\n"
-      "*** Check failure stack trace: ***\n")
+    "E1204 coordination_service.cc:1549] Use error polling to propagate the following error "
+    "to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending "
+    "heartbeats):\n1\nThe tasks have crashed.\nF1204 client.h:80] Terminating process\n"
+    "*** Check failure stack trace: ***\n"
+  )
   monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
   monkeypatch.setenv("JAX_PROCESS_ID", "0")
   message = shd.aborted_message(str(log), -6)

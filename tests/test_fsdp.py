@@ -7,16 +7,17 @@ microbatch loop), kernel gradients accumulated per device and reduced once.
 so on CPU the check is on where the collectives sit; the sharding constraints are checked
 in the cuda / tpu StableHLO.
 """
+
 import collections
 import functools
 import re
 
 import jax
 import pytest
+from test_lowering import tiny_config
 
 from adm_jax import experiment
 from adm_jax import sharding as shd
-from test_lowering import tiny_config
 
 # Its tests share module-level traced programs / fixtures: one worker runs them all.
 pytestmark = pytest.mark.xdist_group("fsdp")
@@ -58,8 +59,11 @@ def collectives(lines, op):
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_gradients_are_constrained_to_the_parameter_shardings(platform):
   exp = fsdp_experiment()
-  text = str(exp.train_step.trace(exp.abstract_state, exp.abstract_batch())
-             .lower(lowering_platforms=(platform,)).as_text())
+  text = str(
+    exp.train_step.trace(exp.abstract_state, exp.abstract_batch())
+    .lower(lowering_platforms=(platform,))
+    .as_text()
+  )
   on_fsdp = [ln for ln in re.findall(r"sdy\.sharding_constraint[^\n]*", text) if '"fsdp"' in ln]
   n = len(sharded_params(exp))
   assert n > 20 and len(on_fsdp) >= n, (len(on_fsdp), n)
@@ -74,7 +78,9 @@ def test_parameters_gathered_and_gradients_reduced_once_per_step():
   assert bodies, "the microbatches are one while loop"
   inside = [ln for name in bodies for ln in comps[name]]
   outside = [ln for name, lines in comps.items() if name not in bodies for ln in lines]
-  gathered_kernels = [ln for ln in collectives(outside, "all-gather") if KERNEL.search(ln.split("=")[1])]
+  gathered_kernels = [
+    ln for ln in collectives(outside, "all-gather") if KERNEL.search(ln.split("=")[1])
+  ]
   # Each sharded kernel is gathered before the loop (twice on CPU: its forward convolution and
   # the CPU kernel's input gradient), never per microbatch.
   sharded_kernels = [x for x in sharded_params(exp) if x.ndim == 4]

@@ -1,12 +1,14 @@
 """Layers with hand-written gradients (adm_jax.models.layers.conv2d, group_norm): values and
 gradients equal to plain autodiff, and convolution input gradients that stay canonical (HWIO
 kernels) inside a guided sampling loop."""
+
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_bench import tiny_bench_config
 
 from adm_jax import config_base
 from adm_jax import diffusion as diff
@@ -14,7 +16,6 @@ from adm_jax import guidance
 from adm_jax import networks
 from adm_jax.benchmarks import timing
 from adm_jax.models import layers
-from test_bench import tiny_bench_config
 
 
 @pytest.mark.parametrize("size,kernel,stride", [(8, 3, 1), (8, 3, 2), (7, 3, 2), (8, 1, 1)])
@@ -23,8 +24,13 @@ def test_conv2d_gradients_equal_autodiff(size, kernel, stride):
   w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 4, 5))
   pad = ((kernel - 1) // 2,) * 2
   ours = lambda x, w: jnp.sum(jnp.sin(layers.conv2d(x, w, stride, (pad, pad))))
-  plain = lambda x, w: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
-      x, w, (stride, stride), (pad, pad), dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+  plain = lambda x, w: jnp.sum(
+    jnp.sin(
+      jax.lax.conv_general_dilated(
+        x, w, (stride, stride), (pad, pad), dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+    )
+  )
   np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-6)
   for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -49,11 +55,15 @@ def test_group_norm_values_and_gradients_equal_autodiff(shape, silu):
   weights = jax.random.normal(keys[3], shape)
   ours = lambda *a: jnp.sum(layers.group_norm(*a, 32, 1e-5, silu) * weights)
   plain = lambda *a: jnp.sum(_reference_group_norm(*a, 32, 1e-5, silu) * weights)
-  np.testing.assert_allclose(layers.group_norm(x, scale, bias, 32, 1e-5, silu),
-                             _reference_group_norm(x, scale, bias, 32, 1e-5, silu),
-                             rtol=1e-5, atol=2e-5)
-  for a, b in zip(jax.grad(ours, (0, 1, 2))(x, scale, bias),
-                  jax.grad(plain, (0, 1, 2))(x, scale, bias)):
+  np.testing.assert_allclose(
+    layers.group_norm(x, scale, bias, 32, 1e-5, silu),
+    _reference_group_norm(x, scale, bias, 32, 1e-5, silu),
+    rtol=1e-5,
+    atol=2e-5,
+  )
+  for a, b in zip(
+    jax.grad(ours, (0, 1, 2))(x, scale, bias), jax.grad(plain, (0, 1, 2))(x, scale, bias)
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
@@ -79,8 +89,9 @@ def test_guided_sampling_loop_has_only_canonical_convolutions():
   def loop(p, cp, key):
     model_fn = lambda x, t, y=None: unet.apply(p, x, t, y)
     cond_fn = guidance.classifier_cond_fn(lambda x, t: classifier.apply(cp, x, t), 1.0)
-    return diff.p_sample_loop(gd, model_fn, (2, size, size, ch), key, cond_fn=cond_fn,
-                              model_kwargs={"y": y})
+    return diff.p_sample_loop(
+      gd, model_fn, (2, size, size, ch), key, cond_fn=cond_fn, model_kwargs={"y": y}
+    )
 
   hlo = jax.jit(loop).lower(params, clf_params, jax.random.PRNGKey(0)).compile().as_text()
   assert " while(" in hlo  # the loop is one scan

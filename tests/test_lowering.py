@@ -9,6 +9,7 @@ kernels. With bfloat16 compute, convolutions and matmuls take bfloat16 operands 
 (norm statistics, softmax, bias gradients, pooling) is a float32 reduction. The GPU / TPU branches
 are also run here against the CPU ones (same values and gradients).
 """
+
 import collections
 import functools
 import re
@@ -30,14 +31,33 @@ from adm_jax.models import layers
 pytestmark = pytest.mark.xdist_group("lowering")
 
 # 0.83M parameters; attention at 8x8 (T = 64, 2 heads of 32 channels), BigGAN up/down, AdaGN.
-UNET = dict(image_size=16, in_channels=3, num_channels=32, num_res_blocks=1, channel_mult="1,2",
-            attention_resolutions="8", num_heads=2, learn_sigma=True, class_cond=True,
-            num_classes=10, use_scale_shift_norm=True, resblock_updown=True)
+UNET = dict(
+  image_size=16,
+  in_channels=3,
+  num_channels=32,
+  num_res_blocks=1,
+  channel_mult="1,2",
+  attention_resolutions="8",
+  num_heads=2,
+  learn_sigma=True,
+  class_cond=True,
+  num_classes=10,
+  use_scale_shift_norm=True,
+  resblock_updown=True,
+)
 # 0.35M parameters; added timestep embedding (no AdaGN), attention pool over 8x8 maps (T + 1 = 65).
-CLASSIFIER = dict(image_size=16, in_channels=3, classifier_width=32, classifier_depth=1,
-                  channel_mult="1,2", classifier_attention_resolutions="8",
-                  classifier_pool="attention", classifier_use_scale_shift_norm=False,
-                  classifier_resblock_updown=True, num_classes=10)
+CLASSIFIER = dict(
+  image_size=16,
+  in_channels=3,
+  classifier_width=32,
+  classifier_depth=1,
+  channel_mult="1,2",
+  classifier_attention_resolutions="8",
+  classifier_pool="attention",
+  classifier_use_scale_shift_norm=False,
+  classifier_resblock_updown=True,
+  num_classes=10,
+)
 POOL_TOKENS = 65
 BATCH = 2
 ACCELERATORS = ("cuda", "tpu")
@@ -48,9 +68,11 @@ PORTABLE_CUSTOM_CALLS = {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullSha
 
 # --- StableHLO text helpers -----------------------------------------------------------------
 
+
 def op_lines(text, op):
-  """Lines of StableHLO text applying `op` (pretty or generic form; 'reduce' is not 'reduce_window')."""
-  pattern = re.compile(r'(?:= |^\s*)"?stablehlo\.' + op + r'\b(?![_\w])')
+  """Lines of StableHLO text applying `op` (pretty or generic form; 'reduce' is not
+  'reduce_window')."""
+  pattern = re.compile(r'(?:= |^\s*)"?stablehlo\.' + op + r"\b(?![_\w])")
   return [line for line in text.splitlines() if pattern.search(line)]
 
 
@@ -59,7 +81,9 @@ def _element_types(signature):
 
 
 def _shapes(signature):
-  return [tuple(int(d) for d in t.split("x")[:-1]) for t in re.findall(r"tensor<([^>]*)>", signature)]
+  return [
+    tuple(int(d) for d in t.split("x")[:-1]) for t in re.findall(r"tensor<([^>]*)>", signature)
+  ]
 
 
 def operand_signature(line):
@@ -75,13 +99,15 @@ def count(text, op):
 
 def custom_call_targets(text):
   return set(re.findall(r"stablehlo\.custom_call @([\w.$\-]+)", text)) | set(
-      re.findall(r'call_target_name = "([^"]+)"', text))
+    re.findall(r'call_target_name = "([^"]+)"', text)
+  )
 
 
 def convolution_types(text):
   """Counter of the (lhs, rhs) element types of every convolution."""
   return collections.Counter(
-      tuple(_element_types(operand_signature(ln)[0])) for ln in op_lines(text, "convolution"))
+    tuple(_element_types(operand_signature(ln)[0])) for ln in op_lines(text, "convolution")
+  )
 
 
 def dot_generals(text):
@@ -105,8 +131,9 @@ def reductions(text):
     m = re.search(r"applies stablehlo\.(\w+) across dimensions = \[[\d, ]*\] : \((.*)\) ->", line)
     if m:
       out.append(("reduce", m.group(1), _element_types(m.group(2))[0]))
-  for m in re.finditer(r'"stablehlo\.(reduce|reduce_window)"\(.*?\n(.*?)\n\s*\}\)[^\n]*? : \((.*?)\) ->',
-                       text, re.S):
+  for m in re.finditer(
+    r'"stablehlo\.(reduce|reduce_window)"\(.*?\n(.*?)\n\s*\}\)[^\n]*? : \((.*?)\) ->', text, re.S
+  ):
     combiner = re.search(r"stablehlo\.(\w+)", m.group(2)).group(1)
     out.append((m.group(1), combiner, _element_types(m.group(3))[0]))
   return out
@@ -114,8 +141,11 @@ def reductions(text):
 
 def activation_transposes_to_cin_h_w_b(text):
   """Transposes [B, H, W, C] -> [C, H, W, B] of activations (the CPU kernel-gradient layout)."""
-  return [ln for ln in op_lines(text, "transpose")
-          if "dims = [3, 1, 2, 0]" in ln and _shapes(operand_signature(ln)[0])[0][0] == BATCH]
+  return [
+    ln
+    for ln in op_lines(text, "transpose")
+    if "dims = [3, 1, 2, 0]" in ln and _shapes(operand_signature(ln)[0])[0][0] == BATCH
+  ]
 
 
 def lower(fn, args, platform):
@@ -123,6 +153,7 @@ def lower(fn, args, platform):
 
 
 # --- the three programs ----------------------------------------------------------------------
+
 
 def _unet(dtype, **flags):
   return networks.from_flags("unet", dict(UNET, dtype=dtype, **flags))
@@ -137,8 +168,11 @@ def tiny_config(dtype, remat_policy=""):
   c = config_base.base_config()
   c.model.update({k: v for k, v in UNET.items()}, dtype=dtype, remat_policy=remat_policy)
   c.diffusion.update(noise_schedule="cosine")
-  c.classifier.update({k: v for k, v in CLASSIFIER.items() if k not in ("image_size", "in_channels")},
-                      dtype=dtype, batch_size=BATCH)
+  c.classifier.update(
+    {k: v for k, v in CLASSIFIER.items() if k not in ("image_size", "in_channels")},
+    dtype=dtype,
+    batch_size=BATCH,
+  )
   c.train.update(batch_size=BATCH, ema_rate="0.999")
   return c
 
@@ -146,8 +180,9 @@ def tiny_config(dtype, remat_policy=""):
 @functools.lru_cache(maxsize=None)
 def train_step_program(dtype, remat_policy=""):
   """(the production train step of experiment.build, abstract state, abstract batch)."""
-  exp = experiment.build(tiny_config(dtype, remat_policy), shd.create_mesh(1, jax.devices()[:1]),
-                         donate=False)
+  exp = experiment.build(
+    tiny_config(dtype, remat_policy), shd.create_mesh(1, jax.devices()[:1]), donate=False
+  )
   return exp.train_step, exp.abstract_state, exp.abstract_batch()
 
 
@@ -168,8 +203,9 @@ def lowered_train_step(dtype, platform):
 def traced_classifier_gradient(dtype):
   """The classifier's train step (cross-entropy on noisy images, AdamW) of
   experiment.build_classifier."""
-  exp = experiment.build_classifier(tiny_config(dtype), shd.create_mesh(1, jax.devices()[:1]),
-                                    donate=False)
+  exp = experiment.build_classifier(
+    tiny_config(dtype), shd.create_mesh(1, jax.devices()[:1]), donate=False
+  )
   return exp.train_step.trace(exp.abstract_state, exp.abstract_batch())
 
 
@@ -190,19 +226,28 @@ def traced_guided_sampling(dtype):
   config = tiny_config(dtype)
   unet, classifier = networks.unet(config), networks.classifier(config)
   sample_fn = sampling.make_sample_fn(
-      unet.inference_fn(), networks.diffusion_process(config), unet.image_shape,
-      sampling.SamplerSpec("ddpm", 2), class_cond=True, classifier_fn=classifier.inference_fn(),
-      classifier_scale=1.0)
+    unet.inference_fn(),
+    networks.diffusion_process(config),
+    unet.image_shape,
+    sampling.SamplerSpec("ddpm", 2),
+    class_cond=True,
+    classifier_fn=classifier.inference_fn(),
+    classifier_scale=1.0,
+  )
   params, clf_params = unet.abstract_params(), classifier.abstract_params()
   args = (params, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((BATCH,), jnp.int32), clf_params)
   return sample_fn.trace(*args)
 
 
-PROGRAMS = {"train_step": lowered_train_step, "classifier_gradient": lowered_classifier_gradient,
-            "guided_sampling": lowered_guided_sampling}
+PROGRAMS = {
+  "train_step": lowered_train_step,
+  "classifier_gradient": lowered_classifier_gradient,
+  "guided_sampling": lowered_guided_sampling,
+}
 
 
 # --- GPU / TPU: plain XLA -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 @pytest.mark.parametrize("platform", ACCELERATORS)
@@ -237,6 +282,7 @@ def test_accelerators_use_the_autodiff_convolution_gradients():
 
 # --- bfloat16: bf16 operands, float32 sums --------------------------------------------------
 
+
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 @pytest.mark.parametrize("platform", ACCELERATORS + ("cpu",))
 def test_bfloat16_sums_are_float32(program, platform):
@@ -265,9 +311,13 @@ def test_bfloat16_convolutions(platform):
 def test_bfloat16_matmuls(platform):
   # Activation matmuls (qkv / proj / attention, rank >= 3) run on bf16 operands; the float32
   # ones are the timestep-embedding MLP, the train step's metrics and the classifier's pool.
-  for text, f32_allowed in ((lowered_train_step("bfloat16", platform), lambda sig: False),
-                            (lowered_classifier_gradient("bfloat16", platform),
-                             lambda sig: f"x{POOL_TOKENS}x" in sig or f"<{BATCH}x{POOL_TOKENS}" in sig)):
+  for text, f32_allowed in (
+    (lowered_train_step("bfloat16", platform), lambda sig: False),
+    (
+      lowered_classifier_gradient("bfloat16", platform),
+      lambda sig: f"x{POOL_TOKENS}x" in sig or f"<{BATCH}x{POOL_TOKENS}" in sig,
+    ),
+  ):
     dots = [d for d in dot_generals(text) if min(d[1]) >= 3]
     assert sum(1 for d in dots if d[0] == ("bf16", "bf16")) >= 6
     wide = [d for d in dots if d[0] != ("bf16", "bf16") and not f32_allowed(d[2])]
@@ -277,7 +327,11 @@ def test_bfloat16_matmuls(platform):
 def test_outputs_and_loss_are_float32():
   unet, classifier = _unet("bfloat16"), _classifier("bfloat16")
   size = UNET["image_size"]
-  x, t, y = jnp.zeros((BATCH, size, size, 3)), jnp.zeros((BATCH,), jnp.int32), jnp.zeros((BATCH,), jnp.int32)
+  x, t, y = (
+    jnp.zeros((BATCH, size, size, 3)),
+    jnp.zeros((BATCH,), jnp.int32),
+    jnp.zeros((BATCH,), jnp.int32),
+  )
   out = jax.eval_shape(unet.apply, unet.abstract_params(), x, t, y)
   logits = jax.eval_shape(classifier.apply, classifier.abstract_params(), x, t)
   assert out.dtype == jnp.float32 and logits.dtype == jnp.float32
@@ -289,6 +343,7 @@ def test_outputs_and_loss_are_float32():
 
 # --- the GPU / TPU branches compute what the CPU ones do ------------------------------------
 
+
 @pytest.mark.parametrize("new_order", [False, True])
 def test_attention_branches_agree(new_order):
   qkv = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 3 * 2 * 16)) * 2
@@ -298,9 +353,11 @@ def test_attention_branches_agree(new_order):
   np.testing.assert_allclose(xla(qkv), cpu(qkv), rtol=1e-5)
   np.testing.assert_allclose(jax.grad(xla)(qkv), jax.grad(cpu)(qkv), rtol=1e-4, atol=1e-5)
   bf = qkv.astype(jnp.bfloat16)
-  np.testing.assert_allclose(layers._attention_xla(bf, 2, new_order, False).astype(jnp.float32),
-                             layers.attention(*layers.split_heads(bf, 2, new_order)).astype(jnp.float32),
-                             atol=0.05)
+  np.testing.assert_allclose(
+    layers._attention_xla(bf, 2, new_order, False).astype(jnp.float32),
+    layers.attention(*layers.split_heads(bf, 2, new_order)).astype(jnp.float32),
+    atol=0.05,
+  )
 
 
 def test_cudnn_attention_falls_back_to_xla(monkeypatch):
@@ -324,7 +381,9 @@ def test_group_norm_branches_agree(shape):
   cpu = lambda *a: jnp.sum(layers._group_norm_cpu(*a, 32, 1e-5, True) * weights)
   plain = lambda *a: jnp.sum(layers._group_norm_fwd(*a, 32, 1e-5, True)[0] * weights)
   np.testing.assert_array_equal(plain(x, scale, bias), cpu(x, scale, bias))
-  for a, b in zip(jax.grad(plain, (0, 1, 2))(x, scale, bias), jax.grad(cpu, (0, 1, 2))(x, scale, bias)):
+  for a, b in zip(
+    jax.grad(plain, (0, 1, 2))(x, scale, bias), jax.grad(cpu, (0, 1, 2))(x, scale, bias)
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
@@ -333,7 +392,9 @@ def test_dense_is_flax_dense_with_float32_bias_gradient():
   ours, flax_dense = layers.Dense(16), nn.Dense(16)
   p = ours.init(jax.random.PRNGKey(1), x)
   q = flax_dense.init(jax.random.PRNGKey(1), x)
-  assert jax.tree.map(lambda a: (a.shape, a.dtype), p) == jax.tree.map(lambda a: (a.shape, a.dtype), q)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), p) == jax.tree.map(
+    lambda a: (a.shape, a.dtype), q
+  )
   for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(ours.apply(p, x), flax_dense.apply(q, x))
@@ -347,6 +408,7 @@ def test_dense_is_flax_dense_with_float32_bias_gradient():
 
 
 # --- remat --------------------------------------------------------------------------------
+
 
 def test_remat_lowers_without_barriers_and_recomputes():
   step, state, batch = train_step_program("bfloat16", "nothing_saveable")
@@ -366,7 +428,10 @@ def _compiled_gradient_memory(**flags):
     return jax.grad(lambda p: jnp.sum(unet.apply(p, x, t, t % 10) ** 2))(p)
 
   size = UNET["image_size"]
-  x, t = jax.ShapeDtypeStruct((8, size, size, 3), jnp.float32), jax.ShapeDtypeStruct((8,), jnp.int32)
+  x, t = (
+    jax.ShapeDtypeStruct((8, size, size, 3), jnp.float32),
+    jax.ShapeDtypeStruct((8,), jnp.int32),
+  )
   compiled = jax.jit(grad).trace(params, x, t).lower().compile()
   return compiled.memory_analysis().temp_size_in_bytes, compiled.cost_analysis()["flops"]
 

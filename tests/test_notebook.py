@@ -1,10 +1,10 @@
 """The Colab notebook runs end to end (tiny config): its code cells, minus shell/magic lines."""
+
 import json
 import os
 
-import pytest
-
 from conftest import REPO_ROOT
+import pytest
 
 pytestmark = pytest.mark.slow  # whole runs: each test trains, samples or runs a notebook
 
@@ -19,8 +19,9 @@ def test_colab_notebook_runs_with_tiny_config(tmp_path, monkeypatch):
   # runtime's jax (no requirements file with pins, no silenced errors).
   assert 'REPO_URL = "https://' in setup and "OWNER" not in setup and "|| true" not in setup
   assert setup.count("check=True") == 2 and '"-e", "."' in setup and "requirements" not in setup
-  lines = [line for cell in code for line in cell.splitlines()
-           if not line.lstrip().startswith(("!", "%"))]  # install / cd cells are Colab-only
+  lines = [
+    line for cell in code for line in cell.splitlines() if not line.lstrip().startswith(("!", "%"))
+  ]  # install / cd cells are Colab-only
   source = "\n".join(lines)
   source = source.replace('WORKDIR = "/content/adm_fmnist"', f"WORKDIR = {str(tmp_path)!r}")
   source = source.replace("TINY = False", "TINY = True")

@@ -1,13 +1,14 @@
 """Installable as a package: dependencies that keep a runtime's accelerator jax, the console
 script, configs found by name from any directory."""
+
 import os
 import subprocess
 import sys
 
+from conftest import REPO_ROOT
 import pytest
 
 from adm_jax import config_base
-from conftest import REPO_ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -43,17 +44,32 @@ def test_console_script_is_the_main_module():
 
 
 def test_configs_are_found_by_name_from_any_directory(tmp_path):
-  assert config_base.resolve_config_path("imagenet128") == str(REPO_ROOT / "configs" / "imagenet128.py")
+  assert config_base.resolve_config_path("imagenet128") == str(
+    REPO_ROOT / "configs" / "imagenet128.py"
+  )
   assert config_base.resolve_config_path("imagenet:256").endswith("configs/imagenet.py:256")
   assert config_base.from_config_file("imagenet:256").model.image_size == 256
-  with pytest.raises(FileNotFoundError, match="config 'imagenet1024' not found: give a file path "
-                     "or one of the names .*fashion_mnist.*imagenet128"):
+  with pytest.raises(
+    FileNotFoundError,
+    match="config 'imagenet1024' not found: give a file path "
+    "or one of the names .*fashion_mnist.*imagenet128",
+  ):
     config_base.resolve_config_path("imagenet1024")
   # From another directory, with the package importable: the name still resolves.
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-  out = subprocess.run([sys.executable, "-c", "from adm_jax import config_base as c; "
-                        "print(c.from_config_file('fashion_mnist:quick').train.num_steps)"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      "from adm_jax import config_base as c; "
+      "print(c.from_config_file('fashion_mnist:quick').train.num_steps)",
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 0 and out.stdout.strip().isdigit(), out.stderr[-1000:]
 
 
@@ -64,6 +80,9 @@ def test_configs_ship_inside_the_package_mapping():
   assert "adm_jax.configs" in setuptools["packages"]
   assert (REPO_ROOT / "configs" / "__init__.py").exists()
   listed = set(setuptools["packages"])
-  on_disk = {"adm_jax"} | {f"adm_jax.{d}" for d in os.listdir(REPO_ROOT / "adm_jax")
-                           if (REPO_ROOT / "adm_jax" / d / "__init__.py").exists()}
+  on_disk = {"adm_jax"} | {
+    f"adm_jax.{d}"
+    for d in os.listdir(REPO_ROOT / "adm_jax")
+    if (REPO_ROOT / "adm_jax" / d / "__init__.py").exists()
+  }
   assert on_disk <= listed, on_disk - listed  # a new subpackage must be listed to install

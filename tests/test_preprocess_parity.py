@@ -4,6 +4,7 @@
 tests/data/preprocess_parity.npz holds the JPEGs, the reference's outputs at 64/128/256 and the
 random draws its random crop consumed (tests/data/make_preprocess_parity.py writes it).
 """
+
 import os
 
 import numpy as np
@@ -48,7 +49,7 @@ def _cases():
 def test_preprocessing_is_pixel_exact_with_the_reference(reference, kind):
   offsets = reference["jpeg_offsets"]
   for i, size in _cases():
-    jpeg = reference["jpeg_bytes"][offsets[i]:offsets[i + 1]].tobytes()
+    jpeg = reference["jpeg_bytes"][offsets[i] : offsets[i + 1]].tobytes()
     expected = undo_differences(reference[f"{kind}_{i}_{size}"])
     if kind == "center":
       got = preprocess(jpeg, size)
@@ -60,6 +61,8 @@ def test_preprocessing_is_pixel_exact_with_the_reference(reference, kind):
     where = f"{kind} crop of the {width}x{height} JPEG at {size}"
     assert got.shape == expected.shape == (size, size, 3), where
     diff = np.abs(got.astype(np.int16) - expected)
-    assert diff.max() == 0, (f"{where}: {np.count_nonzero(diff)} values differ, up to "
-                             f"{diff.max()} (PIL here {PIL.__version__}, reference made with "
-                             f"{reference['pil_version']})")
+    assert diff.max() == 0, (
+      f"{where}: {np.count_nonzero(diff)} values differ, up to "
+      f"{diff.max()} (PIL here {PIL.__version__}, reference made with "
+      f"{reference['pil_version']})"
+    )

@@ -1,11 +1,17 @@
-"""The sample / nll modes on the tiny trained workdir, and a converted reference checkpoint via the CLI."""
+"""The sample / nll modes on the tiny trained workdir, and a converted reference checkpoint via
+the CLI."""
+
 import json
 import os
 import subprocess
 import sys
 
+from conftest import REPO_ROOT
+from conftest import load_fixture
+from conftest import one_device_env
 import numpy as np
 import pytest
+import tiny
 
 from adm_jax import data as data_lib
 from adm_jax import evaluation
@@ -14,8 +20,6 @@ from adm_jax import validation
 from adm_jax.modes import evaluate
 from adm_jax.modes import nll
 from adm_jax.modes import sample
-from conftest import REPO_ROOT, load_fixture, one_device_env
-import tiny
 
 pytestmark = pytest.mark.slow  # whole runs: each test samples (or runs the CLI)
 
@@ -46,8 +50,9 @@ def test_samples_npz_grid_seed_and_resume(tmp_path):
   config = tiny.sample_config(output_dir=str(tmp_path / "out3"))
   parts = sample.parts_directory(str(tmp_path / "out3"), sample.sampling_settings(config, STEP))
   os.makedirs(parts)
-  np.savez(os.path.join(parts, "part_00000.npz"), arr_0=np.zeros((4, 8, 8, 1), np.uint8),
-           arr_1=labels[:4])
+  np.savez(
+    os.path.join(parts, "part_00000.npz"), arr_0=np.zeros((4, 8, 8, 1), np.uint8), arr_1=labels[:4]
+  )
   resumed = np.load(samples_of(tmp_path, "out3"))["arr_0"]
   assert (resumed[:4] == 0).all()
   np.testing.assert_array_equal(resumed[4:], first[4:])
@@ -58,11 +63,15 @@ def test_other_settings_never_reuse_parts_or_overwrite_samples(tmp_path):
   # the first run's samples file is kept beside the new one.
   out = str(tmp_path / "mix")
   old_path = samples_of(tmp_path, "mix", seed=1)
-  parts = sample.parts_directory(out, sample.sampling_settings(tiny.sample_config(
-      output_dir=out, seed=1), STEP))
+  parts = sample.parts_directory(
+    out, sample.sampling_settings(tiny.sample_config(output_dir=out, seed=1), STEP)
+  )
   os.makedirs(parts)
-  np.savez(os.path.join(parts, "part_00000.npz"), arr_0=np.zeros((4, 8, 8, 1), np.uint8),
-           arr_1=np.zeros(4, np.int32))
+  np.savez(
+    os.path.join(parts, "part_00000.npz"),
+    arr_0=np.zeros((4, 8, 8, 1), np.uint8),
+    arr_1=np.zeros(4, np.int32),
+  )
   new_path = samples_of(tmp_path, "mix", seed=2)
   assert new_path != old_path and os.path.exists(old_path)
   fresh = np.load(samples_of(tmp_path, "fresh", seed=2))["arr_0"]
@@ -72,8 +81,11 @@ def test_other_settings_never_reuse_parts_or_overwrite_samples(tmp_path):
 
 def test_guided_sampling_modes(tmp_path):
   base = np.load(samples_of(tmp_path, "g0", labels="3"))["arr_0"]
-  for kw in (dict(classifier_scale=50.0), dict(cfg_scale=3.0),
-             dict(classifier_scale=50.0, cfg_scale=3.0, sampler="ddpm")):
+  for kw in (
+    dict(classifier_scale=50.0),
+    dict(cfg_scale=3.0),
+    dict(classifier_scale=50.0, cfg_scale=3.0, sampler="ddpm"),
+  ):
     name = "g_" + "_".join(f"{k}{v}" for k, v in kw.items())
     out = np.load(samples_of(tmp_path, name, labels="3", **kw))
     assert out["arr_0"].shape == base.shape and (out["arr_1"] == 3).all()
@@ -117,8 +129,9 @@ def test_eval_mode_logs_writes_json_and_names_its_reference(tmp_path, caplog):
   config = tiny.sample_config(output_dir="ev")
   config.model.image_size = 32
   os.makedirs(tmp_path / "ev")
-  evaluation.write_reference_batch(str(tmp_path / "ev" / "samples_6x32x32x1.npz"), config.data,
-                                   "train", 6, 32)
+  evaluation.write_reference_batch(
+    str(tmp_path / "ev" / "samples_6x32x32x1.npz"), config.data, "train", 6, 32
+  )
   with caplog.at_level("INFO", logger="adm_jax"):
     evaluate.run(config, str(tmp_path))
   assert "[fmnist_cnn_v1] FID" in caplog.text
@@ -149,16 +162,40 @@ def test_converted_reference_checkpoint_samples_through_cli(tmp_path):
   fx = load_fixture("gd_tiny_cond")
   ckpt = tmp_path / "ckpt"
   env = one_device_env()
-  run = lambda args: subprocess.run([sys.executable, "-m"] + args, cwd=REPO_ROOT, text=True,
-                                    capture_output=True, timeout=600, env=env)
-  result = run(["adm_jax.convert", "--checkpoint", str(fx.dir / "unet_params.npz"),
-                "--config", str(fx.dir / "config.json"), "--out", str(ckpt)])
+  run = lambda args: subprocess.run(
+    [sys.executable, "-m"] + args,
+    cwd=REPO_ROOT,
+    text=True,
+    capture_output=True,
+    timeout=600,
+    env=env,
+  )
+  result = run(
+    [
+      "adm_jax.convert",
+      "--checkpoint",
+      str(fx.dir / "unet_params.npz"),
+      "--config",
+      str(fx.dir / "config.json"),
+      "--out",
+      str(ckpt),
+    ]
+  )
   assert result.returncode == 0, result.stderr[-2000:]
-  result = run(["adm_jax.main", "--config=configs/fashion_mnist.py", f"--workdir={tmp_path}",
-                "--mode=sample", f"--config.sample.checkpoint_path={ckpt}",
-                "--config.sample.num_samples=2", "--config.sample.batch_size=2",
-                "--config.sample.sampler=ddim", "--config.sample.timestep_respacing=ddim2",
-                "--config.sample.labels=1,999"])
+  result = run(
+    [
+      "adm_jax.main",
+      "--config=configs/fashion_mnist.py",
+      f"--workdir={tmp_path}",
+      "--mode=sample",
+      f"--config.sample.checkpoint_path={ckpt}",
+      "--config.sample.num_samples=2",
+      "--config.sample.batch_size=2",
+      "--config.sample.sampler=ddim",
+      "--config.sample.timestep_respacing=ddim2",
+      "--config.sample.labels=1,999",
+    ]
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   with np.load(tmp_path / "samples" / "samples_2x32x32x3.npz") as d:
     assert d["arr_0"].shape == (2, 32, 32, 3) and d["arr_1"].tolist() == [1, 999]

@@ -12,25 +12,33 @@ from adm_jax import sampling
 BASE = diffusion.create_gaussian_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize(
+  "spec, message",
+  [
     (dict(name="dpm"), "unknown sampler 'dpm'; expected one of ddpm, ddim, dpmpp_1, dpmpp_2m"),
     (dict(name="dpmpp_2m", steps=0), "needs steps >= 1"),
     (dict(name="ddpm", steps=-3), "steps must be an integer >= 1"),
-    (dict(name="plms", steps=10, time_schedule="cosine"),
-     "unknown time_schedule 'cosine'; expected one of time_uniform, logsnr"),
+    (
+      dict(name="plms", steps=10, time_schedule="cosine"),
+      "unknown time_schedule 'cosine'; expected one of time_uniform, logsnr",
+    ),
     (dict(name="ddpm", steps=10, eta=0.5), "eta=0.5 is DDIM's noise"),
     (dict(name="ddim", steps=10, thresholding=True), "thresholding is an option of the solvers"),
-])
+  ],
+)
 def test_bad_sampler_specs_are_refused(spec, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
     sampling.SamplerSpec(**spec)
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize(
+  "spec, message",
+  [
     (dict(name="dpmpp_3m", steps=2), r"needs steps >= 3"),
-    (dict(name="dpmpp_2m", steps=2000), r"only 995"),         # more than the usable steps
-    (dict(name="ddpm", steps=2000), r"cannot give 2000"),     # more than T
-])
+    (dict(name="dpmpp_2m", steps=2000), r"only 995"),  # more than the usable steps
+    (dict(name="ddpm", steps=2000), r"cannot give 2000"),  # more than T
+  ],
+)
 def test_steps_that_the_process_cannot_give_are_refused(spec, message):
   with pytest.raises(ValueError, match=message):
     sampling.SamplerSpec(**spec).check(BASE)
@@ -46,8 +54,9 @@ def test_network_evaluations_per_sampler():
 def _toy_apply(params, x, t, y, **kw):
   """A stand-in network with learned-sigma outputs: eps = params * x (and zero variance)."""
   del y, kw
-  return jnp.concatenate([params * x * jnp.cos(t[:, None, None, None] / 300.0),
-                          jnp.zeros_like(x)], axis=-1)
+  return jnp.concatenate(
+    [params * x * jnp.cos(t[:, None, None, None] / 300.0), jnp.zeros_like(x)], axis=-1
+  )
 
 
 @pytest.mark.parametrize("name", ["dpmpp_2m", "sde_dpmpp_2m", "plms"])
@@ -65,11 +74,19 @@ def test_solver_sample_fn_compiles_once_and_uses_the_key(name):
 
 def test_solver_sample_fn_equals_the_solver_loop():
   spec = sampling.SamplerSpec(name="dpmpp_3m", steps=8, time_schedule="karras", thresholding=True)
-  fn = sampling.make_sample_fn(_toy_apply, BASE, (4, 4, 1), spec, class_cond=False,
-                               clip_denoised=False)
+  fn = sampling.make_sample_fn(
+    _toy_apply, BASE, (4, 4, 1), spec, class_cond=False, clip_denoised=False
+  )
   key = jax.random.PRNGKey(3)
   ours = fn(jnp.float32(0.4), key, jnp.zeros((2,), jnp.int32))
   direct = diffusion.solver_sample_loop(
-      BASE, lambda x, t, **kw: _toy_apply(0.4, x, t, None), (2, 4, 4, 1), key, solver="dpmpp_3m",
-      steps=8, time_schedule="karras", thresholding=True)
+    BASE,
+    lambda x, t, **kw: _toy_apply(0.4, x, t, None),
+    (2, 4, 4, 1),
+    key,
+    solver="dpmpp_3m",
+    steps=8,
+    time_schedule="karras",
+    thresholding=True,
+  )
   np.testing.assert_allclose(ours, direct, rtol=1e-6, atol=1e-6)

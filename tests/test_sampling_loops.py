@@ -4,18 +4,20 @@ The shared fixtures check one sampler step at one timestep; these compare comple
 trajectories of the converted fixture networks: every respaced timestep, the order of the
 steps, and classifier guidance inside the jitted loop.
 """
+
 import pathlib
 
+from conftest import load_fixture
+from conftest import nchw_to_nhwc
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from conftest import load_fixture, nchw_to_nhwc
+from test_diffusion_networks import cond_fn
+from test_diffusion_networks import model_fn_for
+from test_diffusion_parity import base_process
 
 from adm_jax import diffusion
-from test_diffusion_parity import base_process
-from test_diffusion_networks import cond_fn, model_fn_for
 
 # Its tests share module-level traced programs / fixtures: one worker runs them all.
 pytestmark = pytest.mark.xdist_group("sampling_loops")
@@ -47,9 +49,10 @@ def check(mine, ref, key, atol=ATOL):
   assert err < atol, f"{key}: max |ours - reference| = {err:.3g} > {atol}"
 
 
-@pytest.mark.parametrize("respacing,guided,key", [("ddim25", False, "ddim_ddim25"),
-                                                  ("50", False, "ddim_50"),
-                                                  ("ddim25", True, "gddim_ddim25")])
+@pytest.mark.parametrize(
+  "respacing,guided,key",
+  [("ddim25", False, "ddim_ddim25"), ("50", False, "ddim_50"), ("ddim25", True, "gddim_ddim25")],
+)
 def test_ddim_loop_matches_reference(loops, respacing, guided, key):
   ref, x_t, _ = loops
   fx = load_fixture("gd_tiny_cond")
@@ -57,8 +60,11 @@ def test_ddim_loop_matches_reference(loops, respacing, guided, key):
   kwargs = {"y": jnp.asarray(ref["y"], jnp.int32)}
   cond = cond_fn(fx) if guided else None
   model_fn = model_fn_for(fx)
-  sample = jax.jit(lambda x: diffusion.ddim_sample_loop(
-      gd, model_fn, x.shape, None, noise=x, eta=0.0, cond_fn=cond, model_kwargs=kwargs))(x_t)
+  sample = jax.jit(
+    lambda x: diffusion.ddim_sample_loop(
+      gd, model_fn, x.shape, None, noise=x, eta=0.0, cond_fn=cond, model_kwargs=kwargs
+    )
+  )(x_t)
   check(sample, ref, key, ATOL_FROM_T999 if respacing == "50" else ATOL)
 
 
@@ -68,9 +74,11 @@ def test_guided_ancestral_loop_matches_reference(loops):
   gd = base_process(fx, timestep_respacing="25")
   kwargs = {"y": jnp.asarray(ref["y"], jnp.int32)}
   model_fn, cond = model_fn_for(fx), cond_fn(fx)
-  sample = jax.jit(lambda x, z: diffusion.p_sample_loop(
-      gd, model_fn, x.shape, None, noise=x, step_noise=z, cond_fn=cond,
-      model_kwargs=kwargs))(x_t, step_noise)
+  sample = jax.jit(
+    lambda x, z: diffusion.p_sample_loop(
+      gd, model_fn, x.shape, None, noise=x, step_noise=z, cond_fn=cond, model_kwargs=kwargs
+    )
+  )(x_t, step_noise)
   check(sample, ref, "gancestral_25")
   with pytest.raises(ValueError, match="step_noise has shape"):
     diffusion.p_sample_loop(gd, model_fn, x_t.shape, None, noise=x_t, step_noise=step_noise[:3])

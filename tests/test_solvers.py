@@ -7,22 +7,23 @@ compared. Properties: a linear-Gaussian model whose probability-flow ODE has a c
 (convergence at the solvers' orders), DPM-Solver++(1) == DDIM, one compilation per
 (solver, steps), the error messages.
 """
+
 import pathlib
 
+from conftest import load_fixture
+from conftest import nchw_to_nhwc
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from conftest import load_fixture, nchw_to_nhwc
+from test_diffusion_networks import model_fn_for
+from test_diffusion_parity import base_process
+from test_models import networks
 
 from adm_jax import diffusion
 from adm_jax import guidance
 from adm_jax.diffusion import solvers
 from adm_jax.diffusion import time_grids
-from test_diffusion_parity import base_process
-from test_diffusion_networks import model_fn_for
-from test_models import networks
 
 # Its tests share module-level traced programs / fixtures: one worker runs them all.
 pytestmark = pytest.mark.xdist_group("solvers")
@@ -61,14 +62,28 @@ class Parity:
 
     def guided(arrays, x, z, w):  # w = 0: (1 + 0) eps_c - 0 eps_u is the conditional eps exactly
       return solvers.run_solver_plan(
-          self.gd, guidance.classifier_free_model_fn(model_fn, w, NULL_LABEL), arrays, x,
-          step_noise=z, cond_fn=item1, model_kwargs=self.kwargs, progressive=True)["states"]
+        self.gd,
+        guidance.classifier_free_model_fn(model_fn, w, NULL_LABEL),
+        arrays,
+        x,
+        step_noise=z,
+        cond_fn=item1,
+        model_kwargs=self.kwargs,
+        progressive=True,
+      )["states"]
 
     def thresholded(arrays, x, z, w):
       del w
-      return solvers.run_solver_plan(self.gd, model_fn, arrays, x, step_noise=z,
-                                     model_kwargs=self.kwargs, thresholding=True,
-                                     progressive=True)["states"]
+      return solvers.run_solver_plan(
+        self.gd,
+        model_fn,
+        arrays,
+        x,
+        step_noise=z,
+        model_kwargs=self.kwargs,
+        thresholding=True,
+        progressive=True,
+      )["states"]
 
     # One compiled loop each: classifier guidance on batch item 1 (and classifier-free
     # guidance with w > 0), and thresholding without guidance.
@@ -83,9 +98,9 @@ class Parity:
     if pad > 0:  # no-op calls: x_next = 1 * x_base, nothing pushed
       arrays = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in arrays.items()}
       for k, value in (("x_coef", 1.0), ("coefs", 0.0), ("noise_coef", 0.0), ("push", 0.0)):
-        arrays[k][plan.nfe:] = value
+        arrays[k][plan.nfe :] = value
     z = self.noise if plan.stochastic else np.zeros_like(self.noise)
-    states = self.runners[variant](arrays, self.x_t, z[:max(NFE_PAD, plan.nfe)], np.float32(cfg_w))
+    states = self.runners[variant](arrays, self.x_t, z[: max(NFE_PAD, plan.nfe)], np.float32(cfg_w))
     return np.asarray(states)[plan.step_ends]
 
 
@@ -105,7 +120,9 @@ def check(mine, ref, rtol=RTOL):
   assert mine.shape == expected.shape, f"{mine.shape} != {expected.shape}"
   axes = tuple(range(1, mine.ndim))
   err = np.abs(mine - expected).max(axis=axes) / np.maximum(1.0, np.abs(expected).max(axis=axes))
-  assert (err < rtol).all(), f"relative errors per state {np.array2string(err, precision=2)} > {rtol}"
+  assert (err < rtol).all(), (
+    f"relative errors per state {np.array2string(err, precision=2)} > {rtol}"
+  )
   return err
 
 
@@ -117,16 +134,20 @@ def test_time_grids_match_official(parity, schedule):
   if schedule in ("time_uniform", "time_quadratic"):  # measured rtol 1.1e-7
     np.testing.assert_allclose(grid, official, rtol=5e-7, atol=0)
   else:  # measured 2.6e-4 in lambda: the official's float32 lambda(1/N) (see RTOL_LAMBDA_GRID)
-    np.testing.assert_allclose(sch.lam(grid), sch.lam(official.astype(np.float64)), rtol=0, atol=5e-4)
+    np.testing.assert_allclose(
+      sch.lam(grid), sch.lam(official.astype(np.float64)), rtol=0, atol=5e-4
+    )
 
 
 @pytest.mark.parametrize("schedule", solvers.TIME_SCHEDULES)
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_solver_matches_reference(parity, solver, schedule):
   """10 network calls; batch item 0 unguided, item 1 with classifier guidance."""
-  check(parity.states("guided", solver, 10, time_schedule=schedule),
-        parity.ref[f"{solver}_{schedule}"],
-        RTOL_LAMBDA_GRID if schedule in ("logsnr", "karras") else RTOL)
+  check(
+    parity.states("guided", solver, 10, time_schedule=schedule),
+    parity.ref[f"{solver}_{schedule}"],
+    RTOL_LAMBDA_GRID if schedule in ("logsnr", "karras") else RTOL,
+  )
 
 
 @pytest.mark.parametrize("schedule", ["logsnr", "karras"])
@@ -148,8 +169,9 @@ def test_dynamic_thresholding_matches_reference(parity):
   """Unguided, on the official logsnr grid (measured 1.6e-6; on our float64 logsnr grid the
   grid difference grows to 1.3e-3 through the thresholded steps)."""
   grid = parity.ref["times_logsnr"].astype(np.float64)
-  check(parity.states("threshold", "dpmpp_2m", time_grid=grid),
-        parity.ref["dpmpp_2m_logsnr_threshold"])
+  check(
+    parity.states("threshold", "dpmpp_2m", time_grid=grid), parity.ref["dpmpp_2m_logsnr_threshold"]
+  )
 
 
 @pytest.mark.parametrize("solver", ["sde_dpmpp_2m", "plms"])
@@ -172,20 +194,49 @@ def test_dpmpp_1_on_integer_steps_is_ddim(parity):
 
   @jax.jit
   def both(x):
-    ddim = diffusion.ddim_sample_loop(sp, model_fn, x.shape, None, noise=x, eta=0.0,
-                                      clip_denoised=False, model_kwargs=kw, progressive=True)
-    ours = solvers.solver_sample_loop(gd, model_fn, x.shape, None, solver="dpmpp_1", noise=x,
-                                      time_grid=grid, denoise_to_zero=True, model_kwargs=kw,
-                                      progressive=True)
-    clipped = solvers.solver_sample_loop(gd, model_fn, x.shape, None, solver="dpmpp_1", noise=x,
-                                         time_grid=grid, denoise_to_zero=True, model_kwargs=kw,
-                                         clip_denoised=True)
+    ddim = diffusion.ddim_sample_loop(
+      sp,
+      model_fn,
+      x.shape,
+      None,
+      noise=x,
+      eta=0.0,
+      clip_denoised=False,
+      model_kwargs=kw,
+      progressive=True,
+    )
+    ours = solvers.solver_sample_loop(
+      gd,
+      model_fn,
+      x.shape,
+      None,
+      solver="dpmpp_1",
+      noise=x,
+      time_grid=grid,
+      denoise_to_zero=True,
+      model_kwargs=kw,
+      progressive=True,
+    )
+    clipped = solvers.solver_sample_loop(
+      gd,
+      model_fn,
+      x.shape,
+      None,
+      solver="dpmpp_1",
+      noise=x,
+      time_grid=grid,
+      denoise_to_zero=True,
+      model_kwargs=kw,
+      clip_denoised=True,
+    )
     return ddim["samples"], ours["samples"], clipped
 
   ddim, ours, clipped = (np.asarray(a) for a in both(x_t))
   assert ours.shape == ddim.shape == (25,) + x_t.shape
   # Measured: <= 5.5e-7 relative over the 25 states (float32 rounding of two formulas).
-  err = np.abs(ours - ddim).max(axis=(1, 2, 3, 4)) / np.maximum(1, np.abs(ddim).max(axis=(1, 2, 3, 4)))
+  err = np.abs(ours - ddim).max(axis=(1, 2, 3, 4)) / np.maximum(
+    1, np.abs(ddim).max(axis=(1, 2, 3, 4))
+  )
   assert err.max() < 1e-5, err
   loops = dict(np.load(DATA.parent / "sampling_loops_gd_tiny_cond.npz"))
   np.testing.assert_array_equal(loops["x_T"], parity.ref["x_T"])
@@ -215,14 +266,14 @@ class Gaussian:
   def model_fn(self, x, t, mu=MU, **unused):
     del unused
     alpha = self.alpha(t, x.ndim)
-    var = 1.0 - alpha ** 2
+    var = 1.0 - alpha**2
     if self.gd.model_mean_type == diffusion.START_X:
-      return mu + alpha * STD ** 2 / (alpha ** 2 * STD ** 2 + var) * (x - alpha * mu)
-    return jnp.sqrt(var) * (x - alpha * mu) / (alpha ** 2 * STD ** 2 + var)
+      return mu + alpha * STD**2 / (alpha**2 * STD**2 + var) * (x - alpha * mu)
+    return jnp.sqrt(var) * (x - alpha * mu) / (alpha**2 * STD**2 + var)
 
   def marginal(self, t):
     alpha = self.sch.alpha(t)
-    return alpha * MU, np.sqrt(alpha ** 2 * STD ** 2 + 1 - alpha ** 2)
+    return alpha * MU, np.sqrt(alpha**2 * STD**2 + 1 - alpha**2)
 
   def exact(self, x_t):
     (m_hi, r_hi), (m_lo, r_lo) = self.marginal(1.0), self.marginal(self.sch.t_end)
@@ -231,8 +282,9 @@ class Gaussian:
   def run(self, solver, steps, x, z=None, **plan_kwargs):
     plan = solvers.solver_plan(self.gd, solver, steps, **plan_kwargs).with_history(3)
     if plan.nfe not in self.runners:  # one compile per NFE for every solver
-      self.runners[plan.nfe] = jax.jit(lambda a, x, z: solvers.run_solver_plan(
-          self.gd, self.model_fn, a, x, step_noise=z))
+      self.runners[plan.nfe] = jax.jit(
+        lambda a, x, z: solvers.run_solver_plan(self.gd, self.model_fn, a, x, step_noise=z)
+      )
     z = np.zeros((plan.nfe,) + x.shape, np.float32) if z is None else z
     arrays = {k: np.asarray(v, np.float32) for k, v in plan.arrays.items()}
     return np.asarray(self.runners[plan.nfe](arrays, jnp.asarray(x, jnp.float32), z), np.float64)
@@ -252,8 +304,9 @@ def gaussian():
 # PLMS's constant-step Adams-Bashforth weights on a non-uniform grid make it order 2.
 # Measured slopes log2(err(n) / err(2n)) for n = 20, 40 on logsnr grids (cosine T = 1000):
 # dpmpp_1 0.96 0.98; dpmpp_2m 1.88 1.98; dpmpp_3m 2.45 2.16; dpmpp_2s 1.82 1.92; plms 2.18 2.10.
-@pytest.mark.parametrize("solver,order", [("dpmpp_1", 1), ("dpmpp_2m", 2), ("dpmpp_3m", 2),
-                                          ("dpmpp_2s", 2), ("plms", 2)])
+@pytest.mark.parametrize(
+  "solver,order", [("dpmpp_1", 1), ("dpmpp_2m", 2), ("dpmpp_3m", 2), ("dpmpp_2s", 2), ("plms", 2)]
+)
 def test_linear_gaussian_convergence(gaussian, solver, order):
   errors = np.array([gaussian.error(solver, n, time_schedule="logsnr") for n in (20, 40, 80)])
   slopes = np.log2(errors[:-1] / errors[1:])
@@ -276,26 +329,32 @@ def test_sde_marginal_converges(gaussian):
     out = gaussian.run("sde_dpmpp_2m", n, x_t, z, time_schedule="logsnr")[:, 0]
     c, a, b = out[0], out[1] - out[0], out[2:] - out[0]
     mean_errors.append(abs(c - mean))
-    std_errors.append(abs(np.sqrt(a ** 2 + np.sum(b ** 2)) - std))
+    std_errors.append(abs(np.sqrt(a**2 + np.sum(b**2)) - std))
   # Measured: mean exact to 3e-6 (float32); std errors 1.67e-2, 5.09e-3, 1.32e-3 (slopes 1.7,
   # 1.95; 3.3e-4 at 160 steps). Without the noise term the std would be off by ~0.5.
   slopes = np.log2(np.array(std_errors[:-1]) / np.array(std_errors[1:]))
   assert max(mean_errors) < 2e-5 and (slopes > 1.5).all() and std_errors[-1] < 2e-3, (
-      mean_errors, std_errors)
+    mean_errors,
+    std_errors,
+  )
 
 
 def test_start_x_and_rescaled_timesteps(gaussian):
   """An x0-predicting model gives the eps model's samples; with rescale_timesteps on a T = 500
   process the network sees (t - 1/N) N * 1000 / T (a wrong time would break the exact model)."""
   x_t = np.linspace(-3, 3, 13, dtype=np.float32).reshape(13, 1)
-  gd_x0 = diffusion.create_gaussian_diffusion(steps=1000, noise_schedule="cosine", predict_xstart=True)
+  gd_x0 = diffusion.create_gaussian_diffusion(
+    steps=1000, noise_schedule="cosine", predict_xstart=True
+  )
   # Measured max differences: <= 3e-6 (DPM-Solver++), 2.7e-5 (plms: its eps is re-derived from
   # x0 near t = 1, where 1/alpha = 164); the solvers' own errors here are 0.05-0.3.
   for solver, atol in (("dpmpp_2m", 1e-5), ("dpmpp_2s", 1e-5), ("plms", 5e-5)):
-    np.testing.assert_allclose(Gaussian(gd_x0).run(solver, 12, x_t),
-                               gaussian.run(solver, 12, x_t), rtol=0, atol=atol)
-  rescaled = Gaussian(diffusion.create_gaussian_diffusion(steps=500, noise_schedule="linear",
-                                                          rescale_timesteps=True))
+    np.testing.assert_allclose(
+      Gaussian(gd_x0).run(solver, 12, x_t), gaussian.run(solver, 12, x_t), rtol=0, atol=atol
+    )
+  rescaled = Gaussian(
+    diffusion.create_gaussian_diffusion(steps=500, noise_schedule="linear", rescale_timesteps=True)
+  )
   assert rescaled.sch.num_steps == 500
   plan = solvers.solver_plan(rescaled.gd, "dpmpp_2m", 4)
   np.testing.assert_allclose(plan.arrays["t_model"], np.linspace(499, 0, 5)[:-1] * 2.0, atol=1e-9)
@@ -317,8 +376,15 @@ def test_one_compilation_per_solver_and_steps(gaussian, solver):
 
   @jax.jit
   def sample(params, key):
-    return solvers.solver_sample_loop(gaussian.gd, lambda x, t: model_fn(params, x, t), (3, 4, 4, 1),
-                                      key, solver=solver, steps=7, progressive=True)
+    return solvers.solver_sample_loop(
+      gaussian.gd,
+      lambda x, t: model_fn(params, x, t),
+      (3, 4, 4, 1),
+      key,
+      solver=solver,
+      steps=7,
+      progressive=True,
+    )
 
   first = sample({"mu": jnp.float32(0.3)}, jax.random.key(0))
   second = sample({"mu": jnp.float32(-0.2)}, jax.random.key(1))
@@ -346,7 +412,9 @@ def test_plans_orders_and_nfe(gaussian):
   plan = solvers.solver_plan(gd, "dpmpp_2s", 7, time_schedule="logsnr", denoise_to_zero=True)
   assert plan.nfe == 8 and plan.step_ends.tolist() == [1, 3, 5, 6, 7]
   lam = gaussian.sch.lam(plan.times[:5])
-  np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)  # outer grid uniform in lambda
+  np.testing.assert_allclose(
+    np.diff(lam), np.diff(lam)[0], rtol=1e-9
+  )  # outer grid uniform in lambda
   full = solvers.solver_plan(gd, "dpmpp_1", 995)  # every kept step: t_model 995, 994, ..., 1
   np.testing.assert_allclose(full.arrays["t_model"], np.arange(995, 0, -1), atol=1e-9)
 
@@ -357,7 +425,9 @@ def test_clear_errors(gaussian):
   loop = lambda **k: solvers.solver_sample_loop(gd, gaussian.model_fn, shape, key, **k)
   with pytest.raises(ValueError, match=r"unknown solver 'dpm'; expected one of \('dpmpp_1'"):
     loop(solver="dpm", steps=5)
-  with pytest.raises(ValueError, match=r"unknown time_schedule 'logSNR'; expected one of .*'logsnr'"):
+  with pytest.raises(
+    ValueError, match=r"unknown time_schedule 'logSNR'; expected one of .*'logsnr'"
+  ):
     loop(solver="dpmpp_2m", steps=5, time_schedule="logSNR")
   with pytest.raises(ValueError, match=r"'dpmpp_3m' needs steps >= 3 .*orders 1, 2, 3.*steps=2"):
     loop(solver="dpmpp_3m", steps=2)
@@ -387,8 +457,15 @@ def test_clear_errors(gaussian):
   with pytest.raises(ValueError, match=r"step_noise has shape \(2, 2, 4, 4, 1\), expected \(3,"):
     loop(solver="sde_dpmpp_2m", steps=3, step_noise=np.zeros((2,) + shape))
   with pytest.raises(ValueError, match="'sde_dpmpp_2m' is stochastic: pass `key` or `step_noise`"):
-    solvers.solver_sample_loop(gd, gaussian.model_fn, shape, None, noise=np.zeros(shape),
-                               solver="sde_dpmpp_2m", steps=3)
+    solvers.solver_sample_loop(
+      gd, gaussian.model_fn, shape, None, noise=np.zeros(shape), solver="sde_dpmpp_2m", steps=3
+    )
   with pytest.raises(ValueError, match="needs 2 output channels"):
-    solvers.solver_sample_loop(diffusion.create_gaussian_diffusion(learn_sigma=True), gaussian.model_fn,
-                               shape, key, solver="dpmpp_1", steps=2)
+    solvers.solver_sample_loop(
+      diffusion.create_gaussian_diffusion(learn_sigma=True),
+      gaussian.model_fn,
+      shape,
+      key,
+      solver="dpmpp_1",
+      steps=2,
+    )

@@ -1,18 +1,22 @@
 """The sharded train step with a tiny network: device-count parity, microbatches, EMA, NaN."""
-import numpy as np
-import pytest
 
 import jax
+import numpy as np
+import pytest
+from tiny_train import B
+from tiny_train import batches
+from tiny_train import build
+from tiny_train import train
 
 from adm_jax import sharding as shd
 from adm_jax.training import update
-from tiny_train import B, batches, build, train
 
 
 def assert_trees_close(a, b, rtol, atol):
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 @pytest.mark.slow  # three meshes, three compilations
@@ -30,8 +34,10 @@ def test_eight_devices_match_one_device():
     np.testing.assert_allclose(a["weighted_loss"], b["weighted_loss"], rtol=1e-5)
   # The params really changed (the comparison is not between two untouched inits).
   init, _ = build(shd.create_mesh(1, jax.devices()[:1]))
-  moved = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-              for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(jax.device_get(init.params))))
+  moved = max(
+    float(np.abs(np.asarray(x) - np.asarray(y)).max())
+    for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(jax.device_get(init.params)))
+  )
   assert moved > 1e-4
 
 
@@ -100,10 +106,22 @@ def test_label_dropout_uses_null_class():
 
 
 def test_summarize_metrics_quartiles():
-  hist = [{"mse_qsum": np.array([1.0, 0, 4, 0]), "mse_qcount": np.array([1.0, 0, 2, 0]),
-           "mse_mean": 1.0, "grad_norm": 2.0, "nonfinite": 0.0},
-          {"mse_qsum": np.array([3.0, 0, 0, 0]), "mse_qcount": np.array([1.0, 0, 0, 0]),
-           "mse_mean": 3.0, "grad_norm": 4.0, "nonfinite": 0.0}]
+  hist = [
+    {
+      "mse_qsum": np.array([1.0, 0, 4, 0]),
+      "mse_qcount": np.array([1.0, 0, 2, 0]),
+      "mse_mean": 1.0,
+      "grad_norm": 2.0,
+      "nonfinite": 0.0,
+    },
+    {
+      "mse_qsum": np.array([3.0, 0, 0, 0]),
+      "mse_qcount": np.array([1.0, 0, 0, 0]),
+      "mse_mean": 3.0,
+      "grad_norm": 4.0,
+      "nonfinite": 0.0,
+    },
+  ]
   out = update.summarize_metrics(hist)
   assert out["mse_q0"] == 2.0 and out["mse_q2"] == 2.0 and "mse_q1" not in out
   assert out["mse"] == 2.0 and out["grad_norm"] == 3.0 and out["nonfinite"] == 0.0

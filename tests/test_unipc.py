@@ -6,15 +6,23 @@ every stored state (x after each step, on every 4th row and column, and the whol
 compared. Properties: the predictor alone is DPM-Solver++(1) / (2M), convergence orders on the
 linear-Gaussian model of test_solvers, plans and orders, SamplerSpec and config wiring, errors.
 """
+
 import dataclasses
 import pathlib
 
+from conftest import load_fixture
+from conftest import nchw_to_nhwc
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from conftest import load_fixture, nchw_to_nhwc
+from test_diffusion_networks import model_fn_for
+from test_diffusion_parity import base_process
+from test_models import networks
+from test_solvers import CFG_W
+from test_solvers import NULL_LABEL
+from test_solvers import Gaussian
+import tiny
 
 from adm_jax import diffusion
 from adm_jax import guidance
@@ -22,11 +30,6 @@ from adm_jax import sampling
 from adm_jax import validation
 from adm_jax.diffusion import solvers
 from adm_jax.modes import train
-import tiny
-from test_diffusion_networks import model_fn_for
-from test_diffusion_parity import base_process
-from test_models import networks
-from test_solvers import CFG_W, NULL_LABEL, Gaussian
 
 DATA = pathlib.Path(__file__).parent / "data" / "unipc_trajectories_gd_tiny_cond.npz"
 STRIDE, NFE_PAD = 4, 10
@@ -59,9 +62,16 @@ class Parity:
 
     def run(arrays, x, w, thresholding):
       fn = model_fn if thresholding else guidance.classifier_free_model_fn(model_fn, w, NULL_LABEL)
-      out = solvers.run_solver_plan(self.gd, fn, arrays, x, cond_fn=None if thresholding else item1,
-                                    model_kwargs=self.kwargs, thresholding=thresholding,
-                                    progressive=True)
+      out = solvers.run_solver_plan(
+        self.gd,
+        fn,
+        arrays,
+        x,
+        cond_fn=None if thresholding else item1,
+        model_kwargs=self.kwargs,
+        thresholding=thresholding,
+        progressive=True,
+      )
       return out["states"], out["evals"]
 
     # One compiled loop each: classifier guidance on item 1 (with classifier-free guidance
@@ -75,11 +85,16 @@ class Parity:
     arrays = {k: np.asarray(v, np.float32) for k, v in plan.arrays.items()}
     pad = NFE_PAD - plan.nfe
     arrays = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in arrays.items()}
-    for k, value in (("x_coef", 1.0), ("coefs", 0.0), ("push", 0.0), ("eval_x_coef", 1.0),
-                     ("eval_coefs", 0.0)):
-      arrays[k][plan.nfe:] = value
+    for k, value in (
+      ("x_coef", 1.0),
+      ("coefs", 0.0),
+      ("push", 0.0),
+      ("eval_x_coef", 1.0),
+      ("eval_coefs", 0.0),
+    ):
+      arrays[k][plan.nfe :] = value
     states, evals = self.runners[thresholding](arrays, self.x_t, np.float32(cfg_w))
-    both = np.concatenate([np.asarray(states)[:plan.nfe], np.asarray(evals)[:plan.nfe]])
+    both = np.concatenate([np.asarray(states)[: plan.nfe], np.asarray(evals)[: plan.nfe]])
     return both[plan.step_states]
 
   def check(self, name, mine, rtol):
@@ -110,8 +125,12 @@ def official_grid(parity, schedule, steps):
 
 
 MATRIX = [(v, o, "time_uniform", n) for v in ("bh1", "bh2") for o in (1, 2, 3) for n in (5, 10)]
-MATRIX += [(v, o, s, 10) for v in ("bh1", "bh2") for o in (1, 2, 3)
-           for s in ("logsnr", "time_quadratic", "karras")]
+MATRIX += [
+  (v, o, s, 10)
+  for v in ("bh1", "bh2")
+  for o in (1, 2, 3)
+  for s in ("logsnr", "time_quadratic", "karras")
+]
 MATRIX += [("bh1", 3, "time_uniform", 3), ("bh2", 3, "time_uniform", 3)]
 
 
@@ -119,8 +138,11 @@ MATRIX += [("bh1", 3, "time_uniform", 3), ("bh2", 3, "time_uniform", 3)]
 def test_unipc_matches_official(parity, variant, order, schedule, steps):
   """Batch item 0 unguided, item 1 classifier-guided; our own grid of the schedule."""
   mine = parity.states(steps, variant=variant, order=order, time_schedule=schedule)
-  parity.check(f"unipc_{variant}_o{order}_{schedule}_{steps}", mine,
-               RTOL_LAMBDA_GRID if schedule in ("logsnr", "karras") else RTOL)
+  parity.check(
+    f"unipc_{variant}_o{order}_{schedule}_{steps}",
+    mine,
+    RTOL_LAMBDA_GRID if schedule in ("logsnr", "karras") else RTOL,
+  )
 
 
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
@@ -128,8 +150,9 @@ def test_unipc_matches_official(parity, variant, order, schedule, steps):
 def test_unipc_on_official_grid(parity, variant, schedule):
   """Given the official's own float32 grid, logsnr and karras agree to float32 rounding."""
   for order in (1, 2, 3):
-    mine = parity.states(time_grid=official_grid(parity, schedule, 10), variant=variant,
-                         order=order)
+    mine = parity.states(
+      time_grid=official_grid(parity, schedule, 10), variant=variant, order=order
+    )
     parity.check(f"unipc_{variant}_o{order}_{schedule}_10", mine, RTOL)
 
 
@@ -145,8 +168,9 @@ def test_classifier_free_guidance(parity, variant, order):
 def test_dynamic_thresholding(parity, variant, order):
   """Unguided, on the official logsnr grid (measured <= 2.7e-6; on our float64 logsnr grid the
   thresholded steps amplify the grid difference to 1.5e-3)."""
-  mine = parity.states(time_grid=official_grid(parity, "logsnr", 10), thresholding=True,
-                       variant=variant, order=order)
+  mine = parity.states(
+    time_grid=official_grid(parity, "logsnr", 10), thresholding=True, variant=variant, order=order
+  )
   parity.check(f"unipc_{variant}_o{order}_logsnr_threshold", mine, RTOL)
 
 
@@ -168,12 +192,19 @@ def test_predictor_alone_is_dpm_solver_pp(gaussian):
   x_t = np.linspace(-3, 3, 13, dtype=np.float32).reshape(13, 1)
   run = lambda solver, n, **kw: gaussian.run(solver, n, x_t, time_schedule="logsnr", **kw)
   for variant in ("bh1", "bh2"):
-    np.testing.assert_allclose(run("unipc", 8, order=1, variant=variant, corrector=False),
-                               run("dpmpp_1", 8), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+      run("unipc", 8, order=1, variant=variant, corrector=False),
+      run("dpmpp_1", 8),
+      rtol=0,
+      atol=1e-6,
+    )
   for steps, lof in ((8, True), (12, False)):  # orders 1, 2, .., 2(, 1) in both
-    np.testing.assert_allclose(run("unipc", steps, order=2, variant="bh2", corrector=False,
-                                   lower_order_final=lof),
-                               run("dpmpp_2m", steps, lower_order_final=lof), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+      run("unipc", steps, order=2, variant="bh2", corrector=False, lower_order_final=lof),
+      run("dpmpp_2m", steps, lower_order_final=lof),
+      rtol=0,
+      atol=1e-6,
+    )
   unip_bh1 = run("unipc", 8, order=2, variant="bh1", corrector=False)
   unipc_bh2 = run("unipc", 8, order=2, variant="bh2")
   for other in (unip_bh1, unipc_bh2):
@@ -190,8 +221,9 @@ def test_predictor_alone_is_dpm_solver_pp(gaussian):
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("order, expected", [(1, 2), (2, 3), (3, 3)])
 def test_linear_gaussian_convergence(gaussian, variant, order, expected):
-  error = lambda n, **kw: gaussian.error("unipc", n, time_schedule="logsnr", order=order,
-                                         variant=variant, **kw)
+  error = lambda n, **kw: gaussian.error(
+    "unipc", n, time_schedule="logsnr", order=order, variant=variant, **kw
+  )
   errors = np.array([error(n) for n in (20, 40, 80)])
   slopes = np.log2(errors[:-1] / errors[1:])
   assert (slopes > expected - 0.3).all() and (slopes < expected + 0.6).all(), (errors, slopes)
@@ -231,9 +263,18 @@ def test_plans_orders_and_nfe(gaussian):
 
 def test_sample_loop_progressive_ends_at_the_sample(gaussian):
   """samples[-1] is the sample (the last step's prediction); samples[:-1] the corrected x."""
-  out = jax.jit(lambda x: solvers.solver_sample_loop(
-      gaussian.gd, gaussian.model_fn, x.shape, None, noise=x, solver="unipc", steps=5,
-      progressive=True))(jnp.linspace(-2.0, 2.0, 8).reshape(2, 2, 2, 1))
+  out = jax.jit(
+    lambda x: solvers.solver_sample_loop(
+      gaussian.gd,
+      gaussian.model_fn,
+      x.shape,
+      None,
+      noise=x,
+      solver="unipc",
+      steps=5,
+      progressive=True,
+    )
+  )(jnp.linspace(-2.0, 2.0, 8).reshape(2, 2, 2, 1))
   assert out["samples"].shape == (5, 2, 2, 2, 1) and out["times"].shape == (5,)
   np.testing.assert_array_equal(out["samples"][-1], out["sample"])
   assert out["pred_xstarts"].shape == (5, 2, 2, 2, 1)
@@ -248,8 +289,9 @@ def test_clear_errors(gaussian):
     loop(solver="unipc", steps=5, variant="bh3")
   with pytest.raises(ValueError, match=r"'unipc' with order=3 needs steps >= 3 .*1..3.*steps=2"):
     loop(solver="unipc", steps=2, order=3)
-  with pytest.raises(ValueError,
-                     match=r"order=2, variant='bh1': options of solver 'unipc', not of 'dpmpp_2m'"):
+  with pytest.raises(
+    ValueError, match=r"order=2, variant='bh1': options of solver 'unipc', not of 'dpmpp_2m'"
+  ):
     loop(solver="dpmpp_2m", steps=5, order=2, variant="bh1")
   with pytest.raises(ValueError, match=r"corrector=False: options of solver 'unipc', not of 'plms"):
     loop(solver="plms", steps=5, corrector=False)
@@ -259,16 +301,25 @@ def test_clear_errors(gaussian):
 BASE = diffusion.create_gaussian_diffusion(steps=1000, noise_schedule="cosine", learn_sigma=True)
 
 
-@pytest.mark.parametrize("spec, message", [
-    (dict(name="dpmpp_2m", steps=10, variant="bh1"),
-     "variant='bh1' is an option of sampler 'unipc', not of 'dpmpp_2m'"),
+@pytest.mark.parametrize(
+  "spec, message",
+  [
+    (
+      dict(name="dpmpp_2m", steps=10, variant="bh1"),
+      "variant='bh1' is an option of sampler 'unipc', not of 'dpmpp_2m'",
+    ),
     (dict(name="ddim", steps=10, order=2), "order=2 is an option of sampler 'unipc', not of 'ddim"),
-    (dict(name="unipc", steps=10, order=4),
-     "sampler 'unipc' order must be 1, 2 or 3 (0: its default), got 4"),
+    (
+      dict(name="unipc", steps=10, order=4),
+      "sampler 'unipc' order must be 1, 2 or 3 (0: its default), got 4",
+    ),
     (dict(name="unipc", steps=10, order=-1), "order must be 1, 2 or 3"),
-    (dict(name="unipc", steps=10, variant="BH2"),
-     "unknown UniPC variant 'BH2'; expected one of bh1, bh2"),
-])
+    (
+      dict(name="unipc", steps=10, variant="BH2"),
+      "unknown UniPC variant 'BH2'; expected one of bh1, bh2",
+    ),
+  ],
+)
 def test_bad_unipc_specs_are_refused(spec, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
     sampling.SamplerSpec(**spec)
@@ -302,26 +353,55 @@ def test_sample_fn_takes_the_guided_default_order():
   labels, key, shape = jnp.array([0, 1]), jax.random.key(3), (2, 4, 4, 1)
   spec = sampling.SamplerSpec(name="unipc", steps=6, time_schedule="logsnr")
   for cfg_scale, order in ((0.0, 3), (1.5, 2)):
-    fn = sampling.make_sample_fn(_toy_apply, BASE, shape[1:], spec, class_cond=True,
-                                 cfg_scale=cfg_scale, null_label=2, clip_denoised=False)
+    fn = sampling.make_sample_fn(
+      _toy_apply,
+      BASE,
+      shape[1:],
+      spec,
+      class_cond=True,
+      cfg_scale=cfg_scale,
+      null_label=2,
+      clip_denoised=False,
+    )
     model_fn = lambda x, t, y=None: _toy_apply(jnp.float32(0.5), x, t, y)
     if cfg_scale:
       model_fn = guidance.classifier_free_model_fn(model_fn, cfg_scale, 2)
-    expected = {o: np.asarray(diffusion.solver_sample_loop(
-        BASE, model_fn, shape, key, solver="unipc", steps=6, time_schedule="logsnr", order=o,
-        variant="bh2", model_kwargs={"y": labels})) for o in (2, 3)}
+    expected = {
+      o: np.asarray(
+        diffusion.solver_sample_loop(
+          BASE,
+          model_fn,
+          shape,
+          key,
+          solver="unipc",
+          steps=6,
+          time_schedule="logsnr",
+          order=o,
+          variant="bh2",
+          model_kwargs={"y": labels},
+        )
+      )
+      for o in (2, 3)
+    }
     got = np.asarray(fn(jnp.float32(0.5), key, labels))
     np.testing.assert_allclose(got, expected[order], rtol=0, atol=1e-6)
     assert np.abs(got - expected[5 - order]).max() > 1e-4
 
 
 # ----------------------------------------------------------------------------- config wiring
-@pytest.mark.parametrize("key, value, message", [
-    ("sample.unipc_variant", "bh3", "sample: unknown UniPC variant 'bh3'; expected one of bh1, bh2"),
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
+    (
+      "sample.unipc_variant",
+      "bh3",
+      "sample: unknown UniPC variant 'bh3'; expected one of bh1, bh2",
+    ),
     ("sample.solver_order", 2, "sample: order=2 is an option of sampler 'unipc', not of 'ddim'"),
     ("train.grid_solver_order", 5, "sampler 'unipc' order must be 1, 2 or 3"),
     ("train.grid_unipc_variant", "bh1", "variant='bh1' is an option of sampler 'unipc', not of"),
-])
+  ],
+)
 def test_config_keys_are_validated_in_one_line(key, value, message):
   config = tiny.config(grid_samples=2, grid_sampler="unipc", grid_steps=3)
   config.sample.update(sampler="unipc" if key != "sample.solver_order" else "ddim", steps=4)
@@ -338,15 +418,27 @@ def test_config_keys_are_validated_in_one_line(key, value, message):
 def test_training_grid_with_unipc(tmp_path, monkeypatch):
   """train.grid_sampler=unipc with its order and variant writes a grid from the EMA params."""
   specs, make = [], sampling.make_sample_fn
-  monkeypatch.setattr(sampling, "make_sample_fn",
-                      lambda *a, **k: specs.append(a[3]) or make(*a, **k))
-  config = tiny.config(grid_samples=2, grid_sampler="unipc", grid_steps=3, grid_solver_order=2,
-                       grid_unipc_variant="bh1", grid_time_schedule="logsnr")
+  monkeypatch.setattr(
+    sampling, "make_sample_fn", lambda *a, **k: specs.append(a[3]) or make(*a, **k)
+  )
+  config = tiny.config(
+    grid_samples=2,
+    grid_sampler="unipc",
+    grid_steps=3,
+    grid_solver_order=2,
+    grid_unipc_variant="bh1",
+    grid_time_schedule="logsnr",
+  )
   validation.validate(config, "train", devices=1)
   exp = dataclasses.replace(tiny.diffusion_experiment(), config=config)  # the same network
   hook = train.grid_hook(exp, str(tmp_path))
   (spec,) = specs
   assert (spec.name, spec.steps, spec.time_schedule, spec.order, spec.variant) == (
-      "unipc", 3, "logsnr", 2, "bh1")
+    "unipc",
+    3,
+    "logsnr",
+    2,
+    "bh1",
+  )
   hook.fn(5, exp.init_state(), None)
   assert (tmp_path / "samples" / "grid_00000005.png").exists()

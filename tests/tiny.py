@@ -11,6 +11,7 @@ The experiments are built once per process (pytest-xdist runs one process per co
 every config that differs from `config()` only in run length, intervals, logging and data
 (Experiment.serves); the trained workdir is made once per process and copied.
 """
+
 import functools
 import os
 import shutil
@@ -37,18 +38,50 @@ def config(**train_overrides):
   # lr pinned: Adam turns float32 reduction-order differences between device counts into
   # parameter differences proportional to lr (1e-3 gives ~1.6e-5 after 4 steps).
   c = config_base.from_config_file("fashion_mnist")
-  c.model.update(image_size=8, num_channels=32, channel_mult="1,2", attention_resolutions="4",
-                 num_heads=1, num_res_blocks=1)
-  c.train.update(batch_size=8, num_steps=4, lr=3e-4, log_every=1, checkpoint_every=2,
-                 keep_checkpoints=5, sample_every=10 ** 9, grid_samples=0, progress=False,
-                 async_checkpoint=False, p_uncond=0.2, grid_cfg_scale=0.0)
+  c.model.update(
+    image_size=8,
+    num_channels=32,
+    channel_mult="1,2",
+    attention_resolutions="4",
+    num_heads=1,
+    num_res_blocks=1,
+  )
+  c.train.update(
+    batch_size=8,
+    num_steps=4,
+    lr=3e-4,
+    log_every=1,
+    checkpoint_every=2,
+    keep_checkpoints=5,
+    sample_every=10**9,
+    grid_samples=0,
+    progress=False,
+    async_checkpoint=False,
+    p_uncond=0.2,
+    grid_cfg_scale=0.0,
+  )
   c.diffusion.schedule_sampler = "loss-second-moment"
   c.data.num_workers = 2
-  c.classifier.update(classifier_width=32, classifier_depth=1, channel_mult="1,2",
-                      classifier_attention_resolutions="4", iterations=2, batch_size=8,
-                      log_every=1, eval_every=2, eval_batches=1, checkpoint_every=2)
-  c.sample.update(num_samples=6, batch_size=4, sampler="ddim", timestep_respacing="ddim3",
-                  labels="random", output_dir="out")
+  c.classifier.update(
+    classifier_width=32,
+    classifier_depth=1,
+    channel_mult="1,2",
+    classifier_attention_resolutions="4",
+    iterations=2,
+    batch_size=8,
+    log_every=1,
+    eval_every=2,
+    eval_batches=1,
+    checkpoint_every=2,
+  )
+  c.sample.update(
+    num_samples=6,
+    batch_size=4,
+    sampler="ddim",
+    timestep_respacing="ddim3",
+    labels="random",
+    output_dir="out",
+  )
   c.train.update(train_overrides)
   return c
 

@@ -1,14 +1,20 @@
 """Our benchmark figures beside the PyTorch reference harness's (its bench.py --out JSON)."""
+
 import json
 from typing import Any, Dict, List
 
 from adm_jax import sampling
 
 # Our result name -> the reference harness's JSON key (medians of the same measurement).
-REFERENCE_KEYS = {"train": "train_step", "ddpm_unguided": "p_sample_step_unguided",
-                  "ddpm_classifier": "p_sample_step_guided", "ddim_unguided": "ddim_step_unguided",
-                  "ddim_classifier": "ddim_step_guided", "unet_forward_s": "unet_forward_nograd",
-                  "classifier_grad_s": "classifier_grad"}
+REFERENCE_KEYS = {
+  "train": "train_step",
+  "ddpm_unguided": "p_sample_step_unguided",
+  "ddpm_classifier": "p_sample_step_guided",
+  "ddim_unguided": "ddim_step_unguided",
+  "ddim_classifier": "ddim_step_guided",
+  "unet_forward_s": "unet_forward_nograd",
+  "classifier_grad_s": "classifier_grad",
+}
 
 
 def reference_medians(path: str) -> Dict[str, float]:
@@ -19,7 +25,9 @@ def reference_medians(path: str) -> Dict[str, float]:
   """
   with open(path) as f:
     raw = json.load(f)
-  medians = {ours: float(raw[ref]["median_s"]) for ours, ref in REFERENCE_KEYS.items() if ref in raw}
+  medians = {
+    ours: float(raw[ref]["median_s"]) for ours, ref in REFERENCE_KEYS.items() if ref in raw
+  }
   if "train" in medians and "ema_update" in raw:
     medians["train"] += float(raw["ema_update"]["median_s"])
   return medians
@@ -32,15 +40,28 @@ def table_rows(results: Dict[str, Any]) -> List[List[str]]:
 
   def add(name, key, value, unit, note=""):
     r = ref.get(key)
-    rows.append([name, f"{value:.3f}", unit, f"{r:.3f}" if r else "-",
-                 f"{value / r:.2f}x" if r else "-", note])
+    rows.append(
+      [
+        name,
+        f"{value:.3f}",
+        unit,
+        f"{r:.3f}" if r else "-",
+        f"{value / r:.2f}x" if r else "-",
+        note,
+      ]
+    )
 
   train = results.get("train")
   if train:
     micro = train.get("microbatches", 1)
-    add("train step (fwd+bwd+AdamW+EMA)", "train", train["median_s"], "s",
-        f"{train['images_per_s']:.1f} img/s, compile {train['compile_s']:.1f} s"
-        + (f", batch as {micro} microbatches" if micro > 1 else ""))
+    add(
+      "train step (fwd+bwd+AdamW+EMA)",
+      "train",
+      train["median_s"],
+      "s",
+      f"{train['images_per_s']:.1f} img/s, compile {train['compile_s']:.1f} s"
+      + (f", batch as {micro} microbatches" if micro > 1 else ""),
+    )
   for name, r in results.get("sample", {}).items():
     add("sample " + name, name, r["s_per_step"], "s/step", f"loop compile {r['compile_s']:.1f} s")
   sample = results.get("sample", {})
@@ -57,11 +78,19 @@ def table_rows(results: Dict[str, Any]) -> List[List[str]]:
   for sampler in samplers:
     if sampler in sampling.SOLVERS and ddim and f"{sampler}_classifier" in sample:
       ratio = sample[f"{sampler}_classifier"]["s_per_step"] / ddim["s_per_step"]
-      rows.append([f"{sampler} guided step / DDIM guided step", f"{ratio:.2f}x", "", "-", "-",
-                   "the same network and classifier calls per step"])
+      rows.append(
+        [
+          f"{sampler} guided step / DDIM guided step",
+          f"{ratio:.2f}x",
+          "",
+          "-",
+          "-",
+          "the same network and classifier calls per step",
+        ]
+      )
   for key, value in results.get("components", {}).items():
     if key.endswith("_s"):
-      add(key[:-len("_s")], key, value, "s")
+      add(key[: -len("_s")], key, value, "s")
   return rows
 
 
@@ -71,6 +100,9 @@ def print_table(results: Dict[str, Any]) -> None:
   widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
   lines = [""]
   for row in rows:
-    lines.append("  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    lines.append(
+      "  ".join(
+        c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+      ).rstrip()
+    )
   print("\n".join(lines))

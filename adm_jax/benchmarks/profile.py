@@ -1,4 +1,5 @@
 """Where a step's time goes: a jax.profiler trace of a few calls and its op kinds by time."""
+
 import os
 from typing import Any, Callable, Dict, List
 
@@ -21,8 +22,15 @@ def op_time_summary(directory: str, steps: int, top: int = 15) -> List[Dict[str,
   Ops" line) in the newest trace under `directory`. On CPU the events are thread time, and
   convolutions, which run asynchronously on the intra-op pool, appear only with their dispatch.
   """
-  paths = sorted((os.path.join(root, name) for root, _, names in os.walk(directory)
-                  for name in names if name.endswith(".xplane.pb")), key=os.path.getmtime)
+  paths = sorted(
+    (
+      os.path.join(root, name)
+      for root, _, names in os.walk(directory)
+      for name in names
+      if name.endswith(".xplane.pb")
+    ),
+    key=os.path.getmtime,
+  )
   profile_data = getattr(jax.profiler, "ProfileData", None)
   if not paths or profile_data is None:  # ProfileData: jax >= 0.5
     return []
@@ -44,9 +52,9 @@ def op_time_summary(directory: str, steps: int, top: int = 15) -> List[Dict[str,
 
 
 def print_profile(profile: Dict[str, Any]) -> None:
-  print(f"\nprofile of {profile['steps']} train steps in {profile['dir']} (thread time per step; "
-        "on CPU convolutions are asynchronous and show only their dispatch)")
+  print(
+    f"\nprofile of {profile['steps']} train steps in {profile['dir']} (thread time per step; "
+    "on CPU convolutions are asynchronous and show only their dispatch)"
+  )
   for row in profile["top_ops"]:
     print(f"  {row['op']:32s} {row['ms_per_step']:9.2f} ms  {row['count_per_step']:7.1f} / step")
-
-

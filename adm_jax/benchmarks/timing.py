@@ -3,6 +3,7 @@
 Medians after warm-up (block_until_ready around each call), compile times, FLOPs from XLA's
 cost analysis (a while loop's body counted once) and the compiled memory analysis.
 """
+
 import statistics
 import time
 from typing import Any, Callable, Dict, List
@@ -30,8 +31,12 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int) -> Dict[str, float]:
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-          "n": len(times)}
+  return {
+    "median_s": statistics.median(times),
+    "min_s": min(times),
+    "max_s": max(times),
+    "n": len(times),
+  }
 
 
 def compile_stats(jitted, *args) -> Dict[str, Any]:
@@ -48,12 +53,21 @@ def compile_stats(jitted, *args) -> Dict[str, Any]:
     out["flops"] = float(cost["flops"])
   mem = compiled.memory_analysis()
   if mem is not None:
-    for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                 "alias_size_in_bytes", "generated_code_size_in_bytes"):
+    for name in (
+      "argument_size_in_bytes",
+      "output_size_in_bytes",
+      "temp_size_in_bytes",
+      "alias_size_in_bytes",
+      "generated_code_size_in_bytes",
+    ):
       if hasattr(mem, name):
         out[name] = int(getattr(mem, name))
-    out["total_bytes"] = (out.get("argument_size_in_bytes", 0) + out.get("output_size_in_bytes", 0)
-                          + out.get("temp_size_in_bytes", 0) - out.get("alias_size_in_bytes", 0))
+    out["total_bytes"] = (
+      out.get("argument_size_in_bytes", 0)
+      + out.get("output_size_in_bytes", 0)
+      + out.get("temp_size_in_bytes", 0)
+      - out.get("alias_size_in_bytes", 0)
+    )
   return out, compiled
 
 
@@ -74,8 +88,10 @@ def random_batch(exp: experiment.Experiment) -> Dict[str, jax.Array]:
   """A fixed batch of uniform images in [-1, 1] and labels for the train step."""
   rng = np.random.default_rng(0)
   n = exp.batch_size
-  return {"image": jnp.asarray(rng.uniform(-1, 1, (n,) + exp.image_shape), jnp.float32),
-          "label": jnp.asarray(rng.integers(0, exp.config.model.num_classes, n), jnp.int32)}
+  return {
+    "image": jnp.asarray(rng.uniform(-1, 1, (n,) + exp.image_shape), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, exp.config.model.num_classes, n), jnp.int32),
+  }
 
 
 def build_train(config, batch: int, microbatch: int = 0) -> experiment.Experiment:
@@ -84,8 +100,9 @@ def build_train(config, batch: int, microbatch: int = 0) -> experiment.Experimen
   return experiment.build(bench_config(config, batch, microbatch), single_device_mesh())
 
 
-def bench_train(config, batch: int, repeats: int, warmup: int, microbatch: int = 0,
-                profile_dir: str = "") -> Dict[str, Any]:
+def bench_train(
+  config, batch: int, repeats: int, warmup: int, microbatch: int = 0, profile_dir: str = ""
+) -> Dict[str, Any]:
   exp = build_train(config, batch, microbatch)
   state, data = exp.init_state(), random_batch(exp)
   stats, compiled = compile_stats(exp.train_step, state, data)
@@ -112,12 +129,23 @@ def bench_train(config, batch: int, repeats: int, warmup: int, microbatch: int =
 def random_networks(config):
   """(UNet inference fn, its params, classifier inference fn, its params), random weights."""
   unet, classifier = networks.unet(config), networks.classifier(config)
-  return (unet.inference_fn(), jax.jit(unet.init)(jax.random.PRNGKey(0)),
-          classifier.inference_fn(), jax.jit(classifier.init)(jax.random.PRNGKey(1)))
+  return (
+    unet.inference_fn(),
+    jax.jit(unet.init)(jax.random.PRNGKey(0)),
+    classifier.inference_fn(),
+    jax.jit(classifier.init)(jax.random.PRNGKey(1)),
+  )
 
 
-def bench_sample(config, batch: int, steps: int, repeats: int, warmup: int,
-                 skip: List[str], samplers=("ddpm", "ddim")) -> Dict[str, Any]:
+def bench_sample(
+  config,
+  batch: int,
+  steps: int,
+  repeats: int,
+  warmup: int,
+  skip: List[str],
+  samplers=("ddpm", "ddim"),
+) -> Dict[str, Any]:
   """Seconds per network evaluation of the sample mode's jitted loops (sampling.make_sample_fn:
   each sampler x unguided, classifier-guided, classifier-free), random weights."""
   apply_fn, params, classifier_fn, clf_params = random_networks(config)
@@ -134,13 +162,24 @@ def bench_sample(config, batch: int, steps: int, repeats: int, warmup: int,
   for sampler in samplers:
     for kind, guidance_kw in kinds.items():
       sample_fn = sampling.make_sample_fn(
-          apply_fn, gd, shape, sampling.SamplerSpec(sampler, steps), class_cond=cond,
-          null_label=0, **guidance_kw)
+        apply_fn,
+        gd,
+        shape,
+        sampling.SamplerSpec(sampler, steps),
+        class_cond=cond,
+        null_label=0,
+        **guidance_kw,
+      )
       key = jax.random.PRNGKey(0)
       stats, compiled = compile_stats(sample_fn, params, key, labels, clf_params)
       r = timed(lambda: compiled(params, key, labels, clf_params), repeats, warmup)
-      r = {"s_per_step": r["median_s"] / steps, "loop_median_s": r["median_s"],
-           "steps": steps, "compile_s": stats["compile_s"], "trace_s": stats["trace_s"]}
+      r = {
+        "s_per_step": r["median_s"] / steps,
+        "loop_median_s": r["median_s"],
+        "steps": steps,
+        "compile_s": stats["compile_s"],
+        "trace_s": stats["trace_s"],
+      }
       if "flops" in stats:  # XLA's cost analysis counts a while loop's body once
         r["flops_per_step_per_image"] = stats["flops"] / batch
       results[f"{sampler}_{kind}"] = r
@@ -159,14 +198,22 @@ def bench_components(config, batch: int, repeats: int, warmup: int) -> Dict[str,
   t = jnp.full((batch,), 500, jnp.int32)
   y = jnp.arange(batch, dtype=jnp.int32) % config.model.num_classes
   forward_stats, forward = compile_stats(
-      jax.jit(lambda p, x: apply_fn(p, x, t, y if cond else None)), params, x)
-  grad_stats, grad = compile_stats(jax.jit(lambda cp, x: guidance.classifier_cond_fn(
-      lambda a, b: classifier_fn(cp, a, b), 1.0)(x, t, y=y)), clf_params, x)
-  out = {"unet_forward_s": timed(lambda: forward(params, x), repeats, warmup)["median_s"],
-         "classifier_grad_s": timed(lambda: grad(clf_params, x), repeats, warmup)["median_s"]}
+    jax.jit(lambda p, x: apply_fn(p, x, t, y if cond else None)), params, x
+  )
+  grad_stats, grad = compile_stats(
+    jax.jit(
+      lambda cp, x: guidance.classifier_cond_fn(lambda a, b: classifier_fn(cp, a, b), 1.0)(
+        x, t, y=y
+      )
+    ),
+    clf_params,
+    x,
+  )
+  out = {
+    "unet_forward_s": timed(lambda: forward(params, x), repeats, warmup)["median_s"],
+    "classifier_grad_s": timed(lambda: grad(clf_params, x), repeats, warmup)["median_s"],
+  }
   if "flops" in forward_stats and "flops" in grad_stats:
     out["unet_forward_flops_per_image"] = forward_stats["flops"] / batch
     out["classifier_grad_flops_per_image"] = grad_stats["flops"] / batch
   return out
-
-

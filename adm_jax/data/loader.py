@@ -6,6 +6,7 @@ a permutation seeded by (seed, e)), so batches wrap across epochs and resuming a
 needs only s. Process p of P takes the contiguous slice [p*B/P, (p+1)*B/P) of every
 global batch. Per-example augmentation randomness is seeded by (seed, stream position).
 """
+
 import concurrent.futures as futures
 import logging
 import queue
@@ -16,7 +17,8 @@ import numpy as np
 
 # The functions, not the module: adm_jax.data re-exports `preprocess` (the function) under the
 # module's name.
-from adm_jax.data.preprocess import preprocess as preprocess_example, to_float
+from adm_jax.data.preprocess import preprocess as preprocess_example
+from adm_jax.data.preprocess import to_float
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +40,31 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
   UnlabelledError rather than reaching a classifier or a class-conditional model.
   """
 
-  def __init__(self, source, *, global_batch_size: int, image_size: int, seed: int,
-               start_step: int = 0, process_index: int = 0, process_count: int = 1,
-               channels: int = 3, random_crop: bool = False, random_flip: bool = False,
-               on_corrupt: str = "skip", num_workers: int = 4, prefetch: int = 2,
-               shuffle: bool = True, num_classes: Optional[int] = None):
+  def __init__(
+    self,
+    source,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    channels: int = 3,
+    random_crop: bool = False,
+    random_flip: bool = False,
+    on_corrupt: str = "skip",
+    num_workers: int = 4,
+    prefetch: int = 2,
+    shuffle: bool = True,
+    num_classes: Optional[int] = None,
+  ):
     if len(source) == 0:
       raise ValueError(f"dataset {getattr(source, 'name', source)!r} is empty")
     if global_batch_size % process_count:
-      raise ValueError(f"batch size {global_batch_size} does not split over {process_count} "
-                       "processes")
+      raise ValueError(
+        f"batch size {global_batch_size} does not split over {process_count} processes"
+      )
     if on_corrupt not in ("skip", "raise"):
       raise ValueError(f"data.on_corrupt={on_corrupt!r}: expected 'skip' or 'raise'")
     if channels not in (1, 3):
@@ -76,10 +93,15 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
     with self._lock:
       perm = self._perm_cache.get(epoch)
       if perm is None:
-        perm = (np.random.default_rng([self.seed, epoch]).permutation(self.size)
-                if self.shuffle else np.arange(self.size))
-        self._perm_cache = {epoch: perm, **{e: p for e, p in self._perm_cache.items()
-                                            if e >= epoch - 1}}
+        perm = (
+          np.random.default_rng([self.seed, epoch]).permutation(self.size)
+          if self.shuffle
+          else np.arange(self.size)
+        )
+        self._perm_cache = {
+          epoch: perm,
+          **{e: p for e, p in self._perm_cache.items() if e >= epoch - 1},
+        }
       return perm
 
   def index_at(self, position: int) -> int:
@@ -97,14 +119,19 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
       if self.num_classes is not None and not 0 <= label < self.num_classes:
         name = getattr(self.source, "name", type(self.source).__name__)
         if label < 0:
-          raise UnlabelledError(f"example {index} of {name} has no label ({label}) but labels are "
-                                f"needed (num_classes={self.num_classes}); use a labelled split")
-        raise ValueError(f"label {label} of example {index} of {name} is out of range for "
-                         f"num_classes={self.num_classes}")
+          raise UnlabelledError(
+            f"example {index} of {name} has no label ({label}) but labels are "
+            f"needed (num_classes={self.num_classes}); use a labelled split"
+          )
+        raise ValueError(
+          f"label {label} of example {index} of {name} is out of range for "
+          f"num_classes={self.num_classes}"
+        )
       rng = np.random.default_rng([self.seed, position, attempt, 7])
       try:
-        image = preprocess_example(item, self.image_size, self.channels, self.random_crop,
-                                   self.random_flip, rng)
+        image = preprocess_example(
+          item, self.image_size, self.channels, self.random_crop, self.random_flip, rng
+        )
         return image, label
       except Exception as e:  # pylint: disable=broad-except
         where = item if isinstance(item, str) else f"example {index}"
@@ -112,10 +139,13 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
           raise CorruptImageError(f"cannot read image {where}: {e}") from e
         with self._lock:
           self.num_skipped += 1
-        log.warning("skipping unreadable image %s (%s); %d skipped so far", where, e,
-                        self.num_skipped)
-    raise CorruptImageError(f"{_REPLACEMENT_TRIES} unreadable images in a row near position "
-                            f"{position}; is the dataset corrupt?")
+        log.warning(
+          "skipping unreadable image %s (%s); %d skipped so far", where, e, self.num_skipped
+        )
+    raise CorruptImageError(
+      f"{_REPLACEMENT_TRIES} unreadable images in a row near position "
+      f"{position}; is the dataset corrupt?"
+    )
 
   def _fill(self, images: np.ndarray, labels: np.ndarray, row: int, position: int) -> None:
     """Writes the example at a stream position into row `row` of a batch (in a worker thread,
@@ -127,11 +157,14 @@ class BatchIterator(Iterator[Dict[str, np.ndarray]]):
   def _start(self, step: int):
     """Submits this process's slice of global batch `step` to the workers."""
     start = step * self.global_batch + self.offset
-    images = np.empty((self.local_batch, self.image_size, self.image_size, self.channels),
-                      np.float32)
+    images = np.empty(
+      (self.local_batch, self.image_size, self.image_size, self.channels), np.float32
+    )
     labels = np.empty((self.local_batch,), np.int32)
-    jobs = [self._pool.submit(self._fill, images, labels, row, start + row)
-            for row in range(self.local_batch)]
+    jobs = [
+      self._pool.submit(self._fill, images, labels, row, start + row)
+      for row in range(self.local_batch)
+    ]
     return images, labels, jobs
 
   @staticmethod

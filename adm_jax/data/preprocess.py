@@ -3,6 +3,7 @@
 Works on PIL images; returns uint8 [S, S, C]. Randomness comes from a numpy Generator
 the caller seeds per example, so a batch is reproducible from (seed, step).
 """
+
 import io
 import math
 from typing import Optional
@@ -52,11 +53,16 @@ def center_crop(image: Image.Image, size: int) -> np.ndarray:
   array = np.asarray(image)
   top = (array.shape[0] - size) // 2
   left = (array.shape[1] - size) // 2
-  return array[top:top + size, left:left + size]
+  return array[top : top + size, left : left + size]
 
 
-def random_crop(image: Image.Image, size: int, rng: np.random.Generator,
-                min_frac: float = 0.8, max_frac: float = 1.0) -> np.ndarray:
+def random_crop(
+  image: Image.Image,
+  size: int,
+  rng: np.random.Generator,
+  min_frac: float = 0.8,
+  max_frac: float = 1.0,
+) -> np.ndarray:
   """The reference's random crop: resize so the short side is in [size/max_frac, size/min_frac],
   then crop a random size x size window."""
   min_side = math.ceil(size / max_frac)
@@ -69,11 +75,17 @@ def random_crop(image: Image.Image, size: int, rng: np.random.Generator,
   array = np.asarray(image)
   top = int(rng.integers(0, array.shape[0] - size + 1))
   left = int(rng.integers(0, array.shape[1] - size + 1))
-  return array[top:top + size, left:left + size]
+  return array[top : top + size, left : left + size]
 
 
-def preprocess(item, size: int, channels: int = 3, random_crop_: bool = False,
-               random_flip: bool = False, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def preprocess(
+  item,
+  size: int,
+  channels: int = 3,
+  random_crop_: bool = False,
+  random_flip: bool = False,
+  rng: Optional[np.random.Generator] = None,
+) -> np.ndarray:
   """One example → uint8 [size, size, channels]."""
   image = _to_mode(decode(item), channels)
   if random_crop_:

@@ -4,13 +4,19 @@ The lowest module of adm_jax.diffusion: gaussian.py (the process) and losses.py 
 losses, which take a process as their first argument) both build on it, so neither needs
 the other's import at load time.
 """
+
 import jax.numpy as jnp
 
 # Model mean types: what the network's first C channels predict.
 EPSILON, START_X, PREVIOUS_X = "epsilon", "start_x", "previous_x"
 MEAN_TYPES = (EPSILON, START_X, PREVIOUS_X)
 # Model variance types.
-FIXED_SMALL, FIXED_LARGE, LEARNED, LEARNED_RANGE = "fixed_small", "fixed_large", "learned", "learned_range"
+FIXED_SMALL, FIXED_LARGE, LEARNED, LEARNED_RANGE = (
+  "fixed_small",
+  "fixed_large",
+  "learned",
+  "learned_range",
+)
 VAR_TYPES = (FIXED_SMALL, FIXED_LARGE, LEARNED, LEARNED_RANGE)
 # Loss types.
 MSE, RESCALED_MSE, KL, RESCALED_KL = "mse", "rescaled_mse", "kl", "rescaled_kl"

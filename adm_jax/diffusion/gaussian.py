@@ -1,4 +1,5 @@
-"""The Gaussian diffusion process: coefficients as arrays, q(x_t | x_0), posterior, p(x_{t-1} | x_t).
+"""The Gaussian diffusion process: coefficients as arrays, q(x_t | x_0), posterior,
+p(x_{t-1} | x_t).
 
 A `GaussianDiffusion` is an immutable pytree: float64 numpy coefficient tables (cast to
 float32 when indexed, as the reference does) plus static settings. It knows nothing of
@@ -7,6 +8,7 @@ last, called with the ORIGINAL timesteps of a respaced process (optionally resca
 
 Shapes: x is [B, ..., C] (NHWC for images), t is [B] int32 indices of this process.
 """
+
 from typing import Any, Callable, Dict, Optional
 
 import flax.struct
@@ -15,9 +17,22 @@ import numpy as np
 
 from adm_jax.diffusion import losses
 from adm_jax.diffusion import schedules
-from adm_jax.diffusion.core import (  # noqa: F401  (re-exported: the process's type names)
-    EPSILON, FIXED_LARGE, FIXED_SMALL, KL, LEARNED, LEARNED_RANGE, LOSS_TYPES, MEAN_TYPES, MSE,
-    PREVIOUS_X, RESCALED_KL, RESCALED_MSE, START_X, VAR_TYPES, extract, mean_flat)
+from adm_jax.diffusion.core import EPSILON  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import FIXED_LARGE  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import FIXED_SMALL  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import KL  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import LEARNED  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import LEARNED_RANGE  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import LOSS_TYPES  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import MEAN_TYPES  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import MSE  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import PREVIOUS_X  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import RESCALED_KL  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import RESCALED_MSE  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import START_X  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import VAR_TYPES  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import extract  # noqa: F401  (re-exported: the process's type names)
+from adm_jax.diffusion.core import mean_flat  # noqa: F401  (re-exported: the process's type names)
 
 ModelFn = Callable[..., Any]
 
@@ -30,6 +45,7 @@ def _check(name, value, allowed):
 @flax.struct.dataclass
 class GaussianDiffusion:
   """Coefficient tables of one (possibly respaced) diffusion process, all [T] float64."""
+
   betas: np.ndarray
   alphas_cumprod: np.ndarray
   alphas_cumprod_prev: np.ndarray
@@ -54,9 +70,17 @@ class GaussianDiffusion:
   original_num_steps: int = flax.struct.field(pytree_node=False, default=1000)
 
   @classmethod
-  def from_betas(cls, betas, *, model_mean_type=EPSILON, model_var_type=FIXED_LARGE,
-                 loss_type=MSE, rescale_timesteps=False, timestep_map=None,
-                 original_num_steps=None) -> "GaussianDiffusion":
+  def from_betas(
+    cls,
+    betas,
+    *,
+    model_mean_type=EPSILON,
+    model_var_type=FIXED_LARGE,
+    loss_type=MSE,
+    rescale_timesteps=False,
+    timestep_map=None,
+    original_num_steps=None,
+  ) -> "GaussianDiffusion":
     """Builds every coefficient table in float64 from betas [T]."""
     _check("model_mean_type", model_mean_type, MEAN_TYPES)
     _check("model_var_type", model_var_type, VAR_TYPES)
@@ -79,28 +103,28 @@ class GaussianDiffusion:
     if timestep_map is None:
       timestep_map = np.arange(num_steps)
     return cls(
-        betas=betas,
-        alphas_cumprod=abar,
-        alphas_cumprod_prev=abar_prev,
-        alphas_cumprod_next=abar_next,
-        sqrt_alphas_cumprod=np.sqrt(abar),
-        sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - abar),
-        log_one_minus_alphas_cumprod=np.log(1.0 - abar),
-        sqrt_recip_alphas_cumprod=np.sqrt(1.0 / abar),
-        sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / abar - 1.0),
-        posterior_variance=post_var,
-        posterior_log_variance_clipped=post_log_var,
-        posterior_mean_coef1=betas * np.sqrt(abar_prev) / (1.0 - abar),
-        posterior_mean_coef2=(1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
-        log_betas=np.log(betas),
-        fixed_large_variance=large_var,
-        fixed_large_log_variance=np.log(large_var),
-        timestep_map=np.asarray(timestep_map, dtype=np.int32),
-        model_mean_type=model_mean_type,
-        model_var_type=model_var_type,
-        loss_type=loss_type,
-        rescale_timesteps=bool(rescale_timesteps),
-        original_num_steps=int(original_num_steps or num_steps),
+      betas=betas,
+      alphas_cumprod=abar,
+      alphas_cumprod_prev=abar_prev,
+      alphas_cumprod_next=abar_next,
+      sqrt_alphas_cumprod=np.sqrt(abar),
+      sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - abar),
+      log_one_minus_alphas_cumprod=np.log(1.0 - abar),
+      sqrt_recip_alphas_cumprod=np.sqrt(1.0 / abar),
+      sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / abar - 1.0),
+      posterior_variance=post_var,
+      posterior_log_variance_clipped=post_log_var,
+      posterior_mean_coef1=betas * np.sqrt(abar_prev) / (1.0 - abar),
+      posterior_mean_coef2=(1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
+      log_betas=np.log(betas),
+      fixed_large_variance=large_var,
+      fixed_large_log_variance=np.log(large_var),
+      timestep_map=np.asarray(timestep_map, dtype=np.int32),
+      model_mean_type=model_mean_type,
+      model_var_type=model_var_type,
+      loss_type=loss_type,
+      rescale_timesteps=bool(rescale_timesteps),
+      original_num_steps=int(original_num_steps or num_steps),
     )
 
   # ---------------------------------------------------------------- basics
@@ -136,14 +160,18 @@ class GaussianDiffusion:
   def q_sample(self, x_start, t, noise):
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
     n = x_start.ndim
-    return (extract(self.sqrt_alphas_cumprod, t, n) * x_start
-            + extract(self.sqrt_one_minus_alphas_cumprod, t, n) * noise)
+    return (
+      extract(self.sqrt_alphas_cumprod, t, n) * x_start
+      + extract(self.sqrt_one_minus_alphas_cumprod, t, n) * noise
+    )
 
   def q_posterior_mean_variance(self, x_start, x_t, t):
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
     n = x_t.ndim
-    mean = (extract(self.posterior_mean_coef1, t, n) * x_start
-            + extract(self.posterior_mean_coef2, t, n) * x_t)
+    mean = (
+      extract(self.posterior_mean_coef1, t, n) * x_start
+      + extract(self.posterior_mean_coef2, t, n) * x_t
+    )
     variance = extract(self.posterior_variance, t, n)
     log_variance = extract(self.posterior_log_variance_clipped, t, n)
     return mean, variance, log_variance
@@ -151,18 +179,23 @@ class GaussianDiffusion:
   # ---------------------------------------------------------------- conversions
   def predict_xstart_from_eps(self, x_t, t, eps):
     n = x_t.ndim
-    return (extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t
-            - extract(self.sqrt_recipm1_alphas_cumprod, t, n) * eps)
+    return (
+      extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t
+      - extract(self.sqrt_recipm1_alphas_cumprod, t, n) * eps
+    )
 
   def predict_eps_from_xstart(self, x_t, t, pred_xstart):
     n = x_t.ndim
-    return ((extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t - pred_xstart)
-            / extract(self.sqrt_recipm1_alphas_cumprod, t, n))
+    return (extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t - pred_xstart) / extract(
+      self.sqrt_recipm1_alphas_cumprod, t, n
+    )
 
   def predict_xstart_from_xprev(self, x_t, t, xprev):
     n = x_t.ndim
-    return (extract(1.0 / self.posterior_mean_coef1, t, n) * xprev
-            - extract(self.posterior_mean_coef2 / self.posterior_mean_coef1, t, n) * x_t)
+    return (
+      extract(1.0 / self.posterior_mean_coef1, t, n) * xprev
+      - extract(self.posterior_mean_coef2 / self.posterior_mean_coef1, t, n) * x_t
+    )
 
   # ---------------------------------------------------------------- reverse process
   def split_model_output(self, model_output, x):
@@ -171,8 +204,9 @@ class GaussianDiffusion:
     if self.learns_sigma:
       if model_output.shape[-1] != 2 * channels:
         raise ValueError(
-            f"model_var_type {self.model_var_type!r} needs {2 * channels} output channels, "
-            f"the model gave {model_output.shape[-1]}")
+          f"model_var_type {self.model_var_type!r} needs {2 * channels} output channels, "
+          f"the model gave {model_output.shape[-1]}"
+        )
       return model_output[..., :channels], model_output[..., channels:]
     if model_output.shape[-1] != channels:
       raise ValueError(f"model output has {model_output.shape[-1]} channels, expected {channels}")
@@ -194,12 +228,22 @@ class GaussianDiffusion:
     else:
       table, log_table = self.posterior_variance, self.posterior_log_variance_clipped
     shape = x.shape
-    return (jnp.broadcast_to(extract(table, t, n), shape),
-            jnp.broadcast_to(extract(log_table, t, n), shape))
+    return (
+      jnp.broadcast_to(extract(table, t, n), shape),
+      jnp.broadcast_to(extract(log_table, t, n), shape),
+    )
 
-  def p_mean_variance(self, model_fn: ModelFn, x, t, *, clip_denoised: bool = True,
-                      denoised_fn: Optional[Callable] = None, model_kwargs=None,
-                      model_output=None) -> Dict[str, Any]:
+  def p_mean_variance(
+    self,
+    model_fn: ModelFn,
+    x,
+    t,
+    *,
+    clip_denoised: bool = True,
+    denoised_fn: Optional[Callable] = None,
+    model_kwargs=None,
+    model_output=None,
+  ) -> Dict[str, Any]:
     """Applies the network to get p(x_{t-1} | x_t) and the prediction of x_0.
 
     Returns a dict with `mean`, `variance`, `log_variance`, `pred_xstart` (all like x)
@@ -225,8 +269,13 @@ class GaussianDiffusion:
       else:
         pred_xstart = process_xstart(self.predict_xstart_from_eps(x, t, mean_out))
       mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
-    return {"mean": mean, "variance": variance, "log_variance": log_variance,
-            "pred_xstart": pred_xstart, "model_output": model_output}
+    return {
+      "mean": mean,
+      "variance": variance,
+      "log_variance": log_variance,
+      "pred_xstart": pred_xstart,
+      "model_output": model_output,
+    }
 
   # ---------------------------------------------------------------- guidance
   def condition_mean(self, cond_fn, out, x, t, model_kwargs=None):
@@ -254,12 +303,18 @@ class GaussianDiffusion:
     return losses.prior_bpd(self, x_start)
 
 
-def create_gaussian_diffusion(*, steps: int = 1000, learn_sigma: bool = False,
-                              sigma_small: bool = False, noise_schedule: str = "linear",
-                              use_kl: bool = False, predict_xstart: bool = False,
-                              rescale_timesteps: bool = False,
-                              rescale_learned_sigmas: bool = False,
-                              timestep_respacing: Any = "") -> GaussianDiffusion:
+def create_gaussian_diffusion(
+  *,
+  steps: int = 1000,
+  learn_sigma: bool = False,
+  sigma_small: bool = False,
+  noise_schedule: str = "linear",
+  use_kl: bool = False,
+  predict_xstart: bool = False,
+  rescale_timesteps: bool = False,
+  rescale_learned_sigmas: bool = False,
+  timestep_respacing: Any = "",
+) -> GaussianDiffusion:
   """The reference's factory: same keyword names, same meaning.
 
   The returned process has the respaced steps (all T when timestep_respacing is "");
@@ -275,19 +330,21 @@ def create_gaussian_diffusion(*, steps: int = 1000, learn_sigma: bool = False,
   # Like the reference, betas are always re-derived from the kept alpha_bar (even when
   # every step is kept), so the tables agree with it to the last bits.
   betas, timestep_map = schedules.respace_betas(
-      betas, schedules.space_timesteps(steps, timestep_respacing))
+    betas, schedules.space_timesteps(steps, timestep_respacing)
+  )
   if learn_sigma:
     var_type = LEARNED_RANGE
   else:
     var_type = FIXED_SMALL if sigma_small else FIXED_LARGE
   return GaussianDiffusion.from_betas(
-      betas,
-      model_mean_type=START_X if predict_xstart else EPSILON,
-      model_var_type=var_type,
-      loss_type=loss_type,
-      rescale_timesteps=rescale_timesteps,
-      timestep_map=timestep_map,
-      original_num_steps=steps)
+    betas,
+    model_mean_type=START_X if predict_xstart else EPSILON,
+    model_var_type=var_type,
+    loss_type=loss_type,
+    rescale_timesteps=rescale_timesteps,
+    timestep_map=timestep_map,
+    original_num_steps=steps,
+  )
 
 
 def respaced(diffusion: GaussianDiffusion, timestep_respacing: Any) -> GaussianDiffusion:
@@ -296,15 +353,17 @@ def respaced(diffusion: GaussianDiffusion, timestep_respacing: Any) -> GaussianD
   `diffusion` must be un-respaced (its timestep_map the identity).
   """
   if not np.array_equal(np.asarray(diffusion.timestep_map), np.arange(diffusion.num_timesteps)):
-    raise ValueError("respaced() needs an un-respaced process; build it with create_gaussian_diffusion")
+    raise ValueError(
+      "respaced() needs an un-respaced process; build it with create_gaussian_diffusion"
+    )
   kept = schedules.space_timesteps(diffusion.num_timesteps, timestep_respacing)
   betas, timestep_map = schedules.respace_betas(diffusion.betas, kept)
   return GaussianDiffusion.from_betas(
-      betas,
-      model_mean_type=diffusion.model_mean_type,
-      model_var_type=diffusion.model_var_type,
-      loss_type=diffusion.loss_type,
-      rescale_timesteps=diffusion.rescale_timesteps,
-      timestep_map=timestep_map,
-      original_num_steps=diffusion.original_num_steps)
-
+    betas,
+    model_mean_type=diffusion.model_mean_type,
+    model_var_type=diffusion.model_var_type,
+    loss_type=diffusion.loss_type,
+    rescale_timesteps=diffusion.rescale_timesteps,
+    timestep_map=timestep_map,
+    original_num_steps=diffusion.original_num_steps,
+  )

@@ -1,4 +1,5 @@
 """Negative log-likelihood in bits/dim: the full variational bound over every step."""
+
 from typing import Dict, Optional
 
 import jax
@@ -8,9 +9,16 @@ from adm_jax.diffusion import core
 from adm_jax.diffusion import losses
 
 
-def calc_bpd_loop(diffusion, model_fn, x_start, *, key=None,
-                  noise=None, clip_denoised: bool = True,
-                  model_kwargs: Optional[Dict] = None) -> Dict[str, jax.Array]:
+def calc_bpd_loop(
+  diffusion,
+  model_fn,
+  x_start,
+  *,
+  key=None,
+  noise=None,
+  clip_denoised: bool = True,
+  model_kwargs: Optional[Dict] = None,
+) -> Dict[str, jax.Array]:
   """The variational bound of x_start [B, ...] in bits/dim, one lax.scan over steps.
 
   x_t at step k is q_sample(x_start, k, noise[k]); `noise` is [T, B, ...] or drawn
@@ -24,15 +32,21 @@ def calc_bpd_loop(diffusion, model_fn, x_start, *, key=None,
 
   def body(_, k):
     t = jnp.full((batch,), k, dtype=jnp.int32)
-    eps = noise[k] if noise is not None else jax.random.normal(
-        jax.random.fold_in(key, k), x_start.shape, x_start.dtype)
+    eps = (
+      noise[k]
+      if noise is not None
+      else jax.random.normal(jax.random.fold_in(key, k), x_start.shape, x_start.dtype)
+    )
     x_t = diffusion.q_sample(x_start, t, eps)
-    out = losses.vb_terms_bpd(diffusion, model_fn, x_start, x_t, t,
-                              clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+    out = losses.vb_terms_bpd(
+      diffusion, model_fn, x_start, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs
+    )
     pred_eps = diffusion.predict_eps_from_xstart(x_t, t, out["pred_xstart"])
-    return None, (out["output"],
-                  core.mean_flat((out["pred_xstart"] - x_start) ** 2),
-                  core.mean_flat((pred_eps - eps) ** 2))
+    return None, (
+      out["output"],
+      core.mean_flat((out["pred_xstart"] - x_start) ** 2),
+      core.mean_flat((pred_eps - eps) ** 2),
+    )
 
   if noise is not None:
     noise = jnp.asarray(noise, jnp.float32)
@@ -40,5 +54,10 @@ def calc_bpd_loop(diffusion, model_fn, x_start, *, key=None,
   _, (vb, xstart_mse, mse) = jax.lax.scan(body, None, steps)
   vb, xstart_mse, mse = vb.T, xstart_mse.T, mse.T  # [T, B] -> [B, T]
   prior = losses.prior_bpd(diffusion, x_start)
-  return {"total_bpd": vb.sum(axis=1) + prior, "prior_bpd": prior, "vb": vb,
-          "xstart_mse": xstart_mse, "mse": mse}
+  return {
+    "total_bpd": vb.sum(axis=1) + prior,
+    "prior_bpd": prior,
+    "vb": vb,
+    "xstart_mse": xstart_mse,
+    "mse": mse,
+  }

@@ -13,6 +13,7 @@ Randomness comes from explicit keys: the noise of step i is drawn from
 compared to a reference given the same z. `cond_fn(x, t, **model_kwargs)` returns
 the guidance gradient (see adm_jax.guidance); it is evaluated inside the scan body.
 """
+
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
@@ -37,42 +38,69 @@ def _nonzero_mask(t, ndim):
   return (t != 0).astype(jnp.float32).reshape((-1,) + (1,) * (ndim - 1))
 
 
-def p_sample(diffusion: g.GaussianDiffusion, model_fn, x, t, *, key=None, noise=None,
-             clip_denoised: bool = True, denoised_fn=None, cond_fn=None,
-             model_kwargs=None) -> Dict[str, Any]:
+def p_sample(
+  diffusion: g.GaussianDiffusion,
+  model_fn,
+  x,
+  t,
+  *,
+  key=None,
+  noise=None,
+  clip_denoised: bool = True,
+  denoised_fn=None,
+  cond_fn=None,
+  model_kwargs=None,
+) -> Dict[str, Any]:
   """One ancestral step x_t -> x_{t-1}; no noise is added where t == 0.
 
   With cond_fn, the mean is shifted by variance * gradient (classifier guidance).
   Returns {'sample', 'pred_xstart', 'mean', 'log_variance'}.
   """
-  out = diffusion.p_mean_variance(model_fn, x, t, clip_denoised=clip_denoised,
-                                  denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+  out = diffusion.p_mean_variance(
+    model_fn, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs
+  )
   mean = out["mean"]
   if cond_fn is not None:
     mean = diffusion.condition_mean(cond_fn, out, x, t, model_kwargs)
   z = _noise_like(key, noise, x)
   sample = mean + _nonzero_mask(t, x.ndim) * jnp.exp(0.5 * out["log_variance"]) * z
-  return {"sample": sample, "pred_xstart": out["pred_xstart"], "mean": mean,
-          "log_variance": out["log_variance"]}
+  return {
+    "sample": sample,
+    "pred_xstart": out["pred_xstart"],
+    "mean": mean,
+    "log_variance": out["log_variance"],
+  }
 
 
-def ddim_sample(diffusion: g.GaussianDiffusion, model_fn, x, t, *, key=None, noise=None,
-                eta: float = 0.0, clip_denoised: bool = True, denoised_fn=None,
-                cond_fn=None, model_kwargs=None) -> Dict[str, Any]:
+def ddim_sample(
+  diffusion: g.GaussianDiffusion,
+  model_fn,
+  x,
+  t,
+  *,
+  key=None,
+  noise=None,
+  eta: float = 0.0,
+  clip_denoised: bool = True,
+  denoised_fn=None,
+  cond_fn=None,
+  model_kwargs=None,
+) -> Dict[str, Any]:
   """One DDIM step x_t -> x_{t-1} (eta = 0: deterministic; eta = 1: DDPM-like noise).
 
   With cond_fn, the score is shifted and x_0 recomputed (condition_score). The eps of
   the update is re-derived from the (clipped) x_0 prediction.
   """
-  out = diffusion.p_mean_variance(model_fn, x, t, clip_denoised=clip_denoised,
-                                  denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+  out = diffusion.p_mean_variance(
+    model_fn, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs
+  )
   if cond_fn is not None:
     out = diffusion.condition_score(cond_fn, out, x, t, model_kwargs)
   eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
   abar = g.extract(diffusion.alphas_cumprod, t, x.ndim)
   abar_prev = g.extract(diffusion.alphas_cumprod_prev, t, x.ndim)
   sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar)) * jnp.sqrt(1 - abar / abar_prev)
-  mean = out["pred_xstart"] * jnp.sqrt(abar_prev) + jnp.sqrt(1 - abar_prev - sigma ** 2) * eps
+  mean = out["pred_xstart"] * jnp.sqrt(abar_prev) + jnp.sqrt(1 - abar_prev - sigma**2) * eps
   if _is_static_zero(eta) and noise is None:
     sample = mean  # sigma == 0: no noise to draw.
   else:
@@ -80,12 +108,20 @@ def ddim_sample(diffusion: g.GaussianDiffusion, model_fn, x, t, *, key=None, noi
   return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
 
-def ddim_reverse_sample(diffusion: g.GaussianDiffusion, model_fn, x, t, *,
-                        clip_denoised: bool = True, denoised_fn=None,
-                        model_kwargs=None) -> Dict[str, Any]:
+def ddim_reverse_sample(
+  diffusion: g.GaussianDiffusion,
+  model_fn,
+  x,
+  t,
+  *,
+  clip_denoised: bool = True,
+  denoised_fn=None,
+  model_kwargs=None,
+) -> Dict[str, Any]:
   """One deterministic reverse-DDIM step x_t -> x_{t+1} (an ODE step towards noise)."""
-  out = diffusion.p_mean_variance(model_fn, x, t, clip_denoised=clip_denoised,
-                                  denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+  out = diffusion.p_mean_variance(
+    model_fn, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs
+  )
   eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
   abar_next = g.extract(diffusion.alphas_cumprod_next, t, x.ndim)
   sample = out["pred_xstart"] * jnp.sqrt(abar_next) + jnp.sqrt(1 - abar_next) * eps
@@ -121,10 +157,20 @@ def _initial_noise(key, shape, noise, dtype=jnp.float32):
   return jax.random.normal(init_key, tuple(shape), dtype), step_key
 
 
-def p_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence[int], key, *,
-                  noise=None, clip_denoised: bool = True, denoised_fn: Optional[Callable] = None,
-                  cond_fn: Optional[Callable] = None, model_kwargs=None,
-                  progressive: bool = False, step_noise=None):
+def p_sample_loop(
+  diffusion: g.GaussianDiffusion,
+  model_fn,
+  shape: Sequence[int],
+  key,
+  *,
+  noise=None,
+  clip_denoised: bool = True,
+  denoised_fn: Optional[Callable] = None,
+  cond_fn: Optional[Callable] = None,
+  model_kwargs=None,
+  progressive: bool = False,
+  step_noise=None,
+):
   """Ancestral sampling from x_T ~ N(0, I) (or `noise`) down to x_0.
 
   Each step's noise is drawn from `key`, or, with `step_noise` [T, *shape], is
@@ -144,39 +190,83 @@ def p_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence[int]
     z = None
     if step_noise is not None:
       k, z = None, step_noise[diffusion.num_timesteps - 1 - t[0]]
-    return p_sample(diffusion, model_fn, x, t, key=k, noise=z, clip_denoised=clip_denoised,
-                    denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs)
+    return p_sample(
+      diffusion,
+      model_fn,
+      x,
+      t,
+      key=k,
+      noise=z,
+      clip_denoised=clip_denoised,
+      denoised_fn=denoised_fn,
+      cond_fn=cond_fn,
+      model_kwargs=model_kwargs,
+    )
 
   indices = jnp.arange(diffusion.num_timesteps - 1, -1, -1)
   return _scan_loop(step, x_init, indices, step_key, progressive)
 
 
-def ddim_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence[int], key, *,
-                     noise=None, eta: float = 0.0, clip_denoised: bool = True,
-                     denoised_fn: Optional[Callable] = None, cond_fn: Optional[Callable] = None,
-                     model_kwargs=None, progressive: bool = False):
+def ddim_sample_loop(
+  diffusion: g.GaussianDiffusion,
+  model_fn,
+  shape: Sequence[int],
+  key,
+  *,
+  noise=None,
+  eta: float = 0.0,
+  clip_denoised: bool = True,
+  denoised_fn: Optional[Callable] = None,
+  cond_fn: Optional[Callable] = None,
+  model_kwargs=None,
+  progressive: bool = False,
+):
   """DDIM sampling from x_T (with eta = 0 the key is used only for x_T)."""
   x_init, step_key = _initial_noise(key, shape, noise)
   if _is_static_zero(eta):
     step_key = None
 
   def step(x, t, k):
-    return ddim_sample(diffusion, model_fn, x, t, key=k, eta=eta,
-                       clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                       cond_fn=cond_fn, model_kwargs=model_kwargs)
+    return ddim_sample(
+      diffusion,
+      model_fn,
+      x,
+      t,
+      key=k,
+      eta=eta,
+      clip_denoised=clip_denoised,
+      denoised_fn=denoised_fn,
+      cond_fn=cond_fn,
+      model_kwargs=model_kwargs,
+    )
 
   indices = jnp.arange(diffusion.num_timesteps - 1, -1, -1)
   return _scan_loop(step, x_init, indices, step_key, progressive)
 
 
-def ddim_reverse_sample_loop(diffusion: g.GaussianDiffusion, model_fn, x_start, *,
-                             clip_denoised: bool = True, denoised_fn: Optional[Callable] = None,
-                             model_kwargs=None, progressive: bool = False):
+def ddim_reverse_sample_loop(
+  diffusion: g.GaussianDiffusion,
+  model_fn,
+  x_start,
+  *,
+  clip_denoised: bool = True,
+  denoised_fn: Optional[Callable] = None,
+  model_kwargs=None,
+  progressive: bool = False,
+):
   """Deterministic DDIM encoding of x_0 into x_T (t = 0 ... T-1)."""
 
   def step(x, t, _):
-    return ddim_reverse_sample(diffusion, model_fn, x, t, clip_denoised=clip_denoised,
-                               denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+    return ddim_reverse_sample(
+      diffusion,
+      model_fn,
+      x,
+      t,
+      clip_denoised=clip_denoised,
+      denoised_fn=denoised_fn,
+      model_kwargs=model_kwargs,
+    )
 
-  return _scan_loop(step, jnp.asarray(x_start, jnp.float32),
-                    jnp.arange(diffusion.num_timesteps), None, progressive)
+  return _scan_loop(
+    step, jnp.asarray(x_start, jnp.float32), jnp.arange(diffusion.num_timesteps), None, progressive
+  )

@@ -3,6 +3,7 @@
 Everything here runs once at set-up time on the host. Arrays stay float64 (as in the
 reference) and are cast to float32 only when a coefficient is looked up on device.
 """
+
 import math
 from typing import Iterable, List, Sequence, Tuple, Union
 
@@ -35,8 +36,10 @@ def get_named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
     raise ValueError(f"diffusion_steps must be a positive integer, got {num_steps!r}")
   if name == "linear":
     if num_steps < 20:
-      raise ValueError(f"noise_schedule 'linear' with diffusion_steps={num_steps} gives betas "
-                       "above 1 (its last beta is 0.02 * 1000 / T); use T >= 20 or 'cosine'")
+      raise ValueError(
+        f"noise_schedule 'linear' with diffusion_steps={num_steps} gives betas "
+        "above 1 (its last beta is 0.02 * 1000 / T); use T >= 20 or 'cosine'"
+      )
     return linear_beta_schedule(int(num_steps))
   if name == "cosine":
     return betas_from_alpha_bar(int(num_steps), cosine_alpha_bar)
@@ -50,8 +53,9 @@ def _ddim_steps(num_steps: int, desired: int, spec: str) -> List[int]:
     if len(kept) == desired:
       return kept
   raise ValueError(
-      f"timestep_respacing {spec!r}: no integer stride gives exactly {desired} of "
-      f"{num_steps} steps (DDIM respacing needs len(range(0, T, stride)) == N)")
+    f"timestep_respacing {spec!r}: no integer stride gives exactly {desired} of "
+    f"{num_steps} steps (DDIM respacing needs len(range(0, T, stride)) == N)"
+  )
 
 
 def _section_steps(num_steps: int, counts: Sequence[int], spec) -> List[int]:
@@ -64,8 +68,9 @@ def _section_steps(num_steps: int, counts: Sequence[int], spec) -> List[int]:
       raise ValueError(f"timestep_respacing {spec!r}: section {i} asks for {count} steps")
     if count > size:
       raise ValueError(
-          f"timestep_respacing {spec!r}: section {i} has only {size} of {num_steps} "
-          f"steps and cannot give {count}")
+        f"timestep_respacing {spec!r}: section {i} has only {size} of {num_steps} "
+        f"steps and cannot give {count}"
+      )
     stride = 1.0 if count == 1 else (size - 1) / (count - 1)
     offset = 0.0
     for _ in range(count):
@@ -88,9 +93,11 @@ def space_timesteps(num_steps: int, spec: Union[str, Iterable[int], None]) -> Li
     text = spec.strip()
     if text.startswith("ddim"):
       try:
-        desired = int(text[len("ddim"):])
+        desired = int(text[len("ddim") :])
       except ValueError:
-        raise ValueError(f"timestep_respacing {spec!r}: expected 'ddimN' with an integer N") from None
+        raise ValueError(
+          f"timestep_respacing {spec!r}: expected 'ddimN' with an integer N"
+        ) from None
       if desired < 1:
         raise ValueError(f"timestep_respacing {spec!r}: N must be positive")
       if desired == num_steps:
@@ -100,7 +107,8 @@ def space_timesteps(num_steps: int, spec: Union[str, Iterable[int], None]) -> Li
       counts = [int(part) for part in text.split(",")]
     except ValueError:
       raise ValueError(
-          f"timestep_respacing {spec!r}: expected '', 'N', 'a,b,c' or 'ddimN'") from None
+        f"timestep_respacing {spec!r}: expected '', 'N', 'a,b,c' or 'ddimN'"
+      ) from None
   else:
     counts = [int(c) for c in spec]
   if not counts:

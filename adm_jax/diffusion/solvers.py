@@ -54,6 +54,7 @@ A step s -> t of the grid t_0 > ... > t_n, h = lambda_t - lambda_s, m = x0 predi
   guided (the authors' advice), at most steps. corrector=False runs the predictor UniP alone:
   order 1 is then DPM-Solver++(1) (DDIM), order 2 with bh2 DPM-Solver++(2M).
 """
+
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
@@ -71,18 +72,42 @@ UNIPC_VARIANTS, UNIPC_ORDERS = ("bh1", "bh2"), (1, 2, 3)
 # Defaults: the authors' advice (UniPC paper; diffusers' UniPCMultistepScheduler, which they
 # wrote): order 3 for unconditional and 2 for guided sampling, B(h) = e^h - 1.
 UNIPC_ORDER, UNIPC_GUIDED_ORDER, UNIPC_VARIANT = 3, 2, "bh2"
-_MIN_STEPS = {"dpmpp_1": 1, "dpmpp_2m": 2, "dpmpp_3m": 3, "dpmpp_2s": 1, "sde_dpmpp_2m": 2,
-              "plms": 2, "unipc": 1}
-_WHY_MIN = {"dpmpp_2m": "its multistep warm-up uses orders 1, 2",
-            "dpmpp_3m": "its multistep warm-up uses orders 1, 2, 3",
-            "sde_dpmpp_2m": "its multistep warm-up uses orders 1, 2",
-            "plms": "its first step is an improved-Euler step of 2 network calls"}
+_MIN_STEPS = {
+  "dpmpp_1": 1,
+  "dpmpp_2m": 2,
+  "dpmpp_3m": 3,
+  "dpmpp_2s": 1,
+  "sde_dpmpp_2m": 2,
+  "plms": 2,
+  "unipc": 1,
+}
+_WHY_MIN = {
+  "dpmpp_2m": "its multistep warm-up uses orders 1, 2",
+  "dpmpp_3m": "its multistep warm-up uses orders 1, 2, 3",
+  "sde_dpmpp_2m": "its multistep warm-up uses orders 1, 2",
+  "plms": "its first step is an improved-Euler step of 2 network calls",
+}
 THRESHOLD_RATIO, THRESHOLD_MAX = 0.995, 1.0
 # Adams-Bashforth weights of PLMS by the number of earlier eps it can use.
-_ADAMS_BASHFORTH = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12),
-                    (55 / 24, -59 / 24, 37 / 24, -9 / 24))
-_ARRAY_KEYS = ("t_model", "alpha", "sigma", "x_coef", "coefs", "noise_coef", "advance", "push",
-               "eps_mode", "eval_x_coef", "eval_coefs")
+_ADAMS_BASHFORTH = (
+  (1.0,),
+  (1.5, -0.5),
+  (23 / 12, -16 / 12, 5 / 12),
+  (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+)
+_ARRAY_KEYS = (
+  "t_model",
+  "alpha",
+  "sigma",
+  "x_coef",
+  "coefs",
+  "noise_coef",
+  "advance",
+  "push",
+  "eps_mode",
+  "eval_x_coef",
+  "eval_coefs",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +125,7 @@ class SolverPlan:
   step_ends [S]: the call that ends each step; step_states [S]: where each step's x is among
   the calls' x_next (i < nfe) and x_eval (nfe + i), e.g. the last step of UniPC: 2 nfe - 1.
   """
+
   solver: str
   steps: int
   times: np.ndarray
@@ -135,24 +161,49 @@ class _Calls:
   def __init__(self):
     self.rows = []
 
-  def add(self, t, x_coef, coefs, *, advance, push=True, eps_mode=False, noise=0.0,
-          eval_x_coef=1.0, eval_coefs=(), eval_ends_step=False):
-    self.rows.append(dict(
-        t=float(t), x_coef=float(x_coef), coefs=np.asarray(coefs, np.float64),
-        noise_coef=float(noise), advance=float(advance), push=float(push),
-        eps_mode=float(eps_mode), eval_x_coef=float(eval_x_coef),
-        eval_coefs=np.asarray(eval_coefs, np.float64), eval_ends_step=bool(eval_ends_step)))
+  def add(
+    self,
+    t,
+    x_coef,
+    coefs,
+    *,
+    advance,
+    push=True,
+    eps_mode=False,
+    noise=0.0,
+    eval_x_coef=1.0,
+    eval_coefs=(),
+    eval_ends_step=False,
+  ):
+    self.rows.append(
+      dict(
+        t=float(t),
+        x_coef=float(x_coef),
+        coefs=np.asarray(coefs, np.float64),
+        noise_coef=float(noise),
+        advance=float(advance),
+        push=float(push),
+        eps_mode=float(eps_mode),
+        eval_x_coef=float(eval_x_coef),
+        eval_coefs=np.asarray(eval_coefs, np.float64),
+        eval_ends_step=bool(eval_ends_step),
+      )
+    )
 
   def arrays(self, schedule: tg.DiscreteTimeSchedule, time_scale: float):
     t = np.array([r["t"] for r in self.rows])
-    width = max(np.flatnonzero(r[k]).max(initial=0) + 1
-                for r in self.rows for k in ("coefs", "eval_coefs"))
-    out = {"t_model": schedule.step_index(t) * time_scale, "alpha": schedule.alpha(t),
-           "sigma": schedule.sigma(t)}
+    width = max(
+      np.flatnonzero(r[k]).max(initial=0) + 1 for r in self.rows for k in ("coefs", "eval_coefs")
+    )
+    out = {
+      "t_model": schedule.step_index(t) * time_scale,
+      "alpha": schedule.alpha(t),
+      "sigma": schedule.sigma(t),
+    }
     for key in ("coefs", "eval_coefs"):
       out[key] = np.zeros((len(self.rows), width))
       for i, r in enumerate(self.rows):
-        out[key][i, :min(width, r[key].size)] = r[key][:width]
+        out[key][i, : min(width, r[key].size)] = r[key][:width]
     for key in ("x_coef", "noise_coef", "advance", "push", "eps_mode", "eval_x_coef"):
       out[key] = np.array([r[key] for r in self.rows])
     return out
@@ -228,8 +279,12 @@ def _singlestep(schedule, steps, time_schedule, time_grid, calls):
       continue
     s1 = mids[k]
     r1 = (schedule.lam(s1) - lam_s) / h
-    calls.add(s, schedule.sigma(s1) / schedule.sigma(s),
-              [-schedule.alpha(s1) * np.expm1(-r1 * h)], advance=False)
+    calls.add(
+      s,
+      schedule.sigma(s1) / schedule.sigma(s),
+      [-schedule.alpha(s1) * np.expm1(-r1 * h)],
+      advance=False,
+    )
     w = 0.5 / r1 * alpha_t * phi1
     calls.add(s1, ratio, [-w, -alpha_t * phi1 + w], advance=True)
   return outer, orders
@@ -244,8 +299,9 @@ def _plms(schedule, grid, calls):
   calls.add(grid[1], x_coef, [0.5 * c, 0.5 * c], advance=True, push=False, eps_mode=True)
   for j in range(1, grid.size - 1):
     x_coef, c = ddim(j)
-    calls.add(grid[j], x_coef, c * np.array(_ADAMS_BASHFORTH[min(j, 3)]), advance=True,
-              eps_mode=True)
+    calls.add(
+      grid[j], x_coef, c * np.array(_ADAMS_BASHFORTH[min(j, 3)]), advance=True, eps_mode=True
+    )
   return grid, [2] + [min(j + 1, 4) for j in range(1, grid.size - 1)]
 
 
@@ -256,8 +312,10 @@ def unipc_default_order(steps: int, guided: bool = False) -> int:
 
 def unipc_orders(steps: int, order: int, lower_order_final: bool = True):
   """The order of each of UniPC's `steps` steps (warm-up, then the official lower_order_final)."""
-  return [min(order, k, steps + 1 - k) if lower_order_final else min(order, k)
-          for k in range(1, steps + 1)]
+  return [
+    min(order, k, steps + 1 - k) if lower_order_final else min(order, k)
+    for k in range(1, steps + 1)
+  ]
 
 
 def _unipc_step(lam_s, lam_t, lam_earlier, alpha_t, order, variant, corrector):
@@ -270,7 +328,7 @@ def _unipc_step(lam_s, lam_t, lam_earlier, alpha_t, order, variant, corrector):
   h = lam_t - lam_s
   hh = -h
   big_b = hh if variant == "bh1" else np.expm1(hh)
-  r = (np.asarray(lam_earlier[:order - 1], np.float64) - lam_s) / h
+  r = (np.asarray(lam_earlier[: order - 1], np.float64) - lam_s) / h
   nodes = np.append(r, 1.0) if corrector else r
   rhs, g, factorial = [], np.expm1(hh) / hh - 1.0, 1.0  # g_i = hh phi_{i+1}(hh)
   for i in range(1, nodes.size + 1):
@@ -300,14 +358,29 @@ def _unipc(schedule, grid, order, variant, lower_order_final, corrector, calls):
       x_coef, coefs = 1.0, []
     else:  # UniC-p of step j (or, without the corrector, its prediction again)
       o = orders[j - 1]
-      w_t, w = _unipc_step(lam[j - 1], lam[j], lam[j - 2::-1] if j > 1 else [], alpha[j], o,
-                           variant, corrector)
+      w_t, w = _unipc_step(
+        lam[j - 1], lam[j], lam[j - 2 :: -1] if j > 1 else [], alpha[j], o, variant, corrector
+      )
       x_coef, coefs = sigma[j] / sigma[j - 1], np.concatenate([[w_t], w])
     o = orders[j]
-    _, w = _unipc_step(lam[j], lam[j + 1], lam[j - 1::-1] if j > 0 else [], alpha[j + 1], o,
-                       variant, corrector=False)
-    calls.add(grid[j], x_coef, coefs, advance=j > 0, eval_x_coef=sigma[j + 1] / sigma[j],
-              eval_coefs=w, eval_ends_step=j == n - 1)
+    _, w = _unipc_step(
+      lam[j],
+      lam[j + 1],
+      lam[j - 1 :: -1] if j > 0 else [],
+      alpha[j + 1],
+      o,
+      variant,
+      corrector=False,
+    )
+    calls.add(
+      grid[j],
+      x_coef,
+      coefs,
+      advance=j > 0,
+      eval_x_coef=sigma[j + 1] / sigma[j],
+      eval_coefs=w,
+      eval_ends_step=j == n - 1,
+    )
   return grid, orders
 
 
@@ -315,21 +388,32 @@ def check_process(diffusion: g.GaussianDiffusion):
   """Refuses processes the solvers cannot use: respaced ones and previous_x models."""
   steps_map = np.asarray(diffusion.timestep_map)
   if not np.array_equal(steps_map, np.arange(steps_map.size)) or (
-      steps_map.size != diffusion.original_num_steps):
+    steps_map.size != diffusion.original_num_steps
+  ):
     raise ValueError(
-        f"the solvers need the un-respaced process (timestep_map the identity), got one with "
-        f"{steps_map.size} of {diffusion.original_num_steps} steps; build it with "
-        "timestep_respacing='' and choose the solver's steps instead")
+      f"the solvers need the un-respaced process (timestep_map the identity), got one with "
+      f"{steps_map.size} of {diffusion.original_num_steps} steps; build it with "
+      "timestep_respacing='' and choose the solver's steps instead"
+    )
   if diffusion.model_mean_type == g.PREVIOUS_X:
-    raise ValueError(f"model_mean_type {g.PREVIOUS_X!r} is not supported by the solvers; "
-                     f"expected {g.EPSILON!r} or {g.START_X!r}")
+    raise ValueError(
+      f"model_mean_type {g.PREVIOUS_X!r} is not supported by the solvers; "
+      f"expected {g.EPSILON!r} or {g.START_X!r}"
+    )
 
 
 def _check_unipc_options(solver, order, variant, corrector):
   """Refuses UniPC's options for other solvers and values UniPC does not have."""
   if solver != "unipc":
-    given = [f"{k}={v!r}" for k, v, unset in (("order", order, None), ("variant", variant, None),
-                                               ("corrector", corrector, True)) if v != unset]
+    given = [
+      f"{k}={v!r}"
+      for k, v, unset in (
+        ("order", order, None),
+        ("variant", variant, None),
+        ("corrector", corrector, True),
+      )
+      if v != unset
+    ]
     if given:
       raise ValueError(f"{', '.join(given)}: options of solver 'unipc', not of {solver!r}")
     return
@@ -339,11 +423,19 @@ def _check_unipc_options(solver, order, variant, corrector):
     raise ValueError(f"unknown UniPC variant {variant!r}; expected one of {UNIPC_VARIANTS}")
 
 
-def solver_plan(diffusion: g.GaussianDiffusion, solver: str, steps: Optional[int] = None, *,
-                time_schedule: str = "time_uniform", time_grid=None,
-                lower_order_final: bool = True, denoise_to_zero: bool = False,
-                order: Optional[int] = None, variant: Optional[str] = None,
-                corrector: bool = True) -> SolverPlan:
+def solver_plan(
+  diffusion: g.GaussianDiffusion,
+  solver: str,
+  steps: Optional[int] = None,
+  *,
+  time_schedule: str = "time_uniform",
+  time_grid=None,
+  lower_order_final: bool = True,
+  denoise_to_zero: bool = False,
+  order: Optional[int] = None,
+  variant: Optional[str] = None,
+  corrector: bool = True,
+) -> SolverPlan:
   """The host-side plan of `solver` with `steps` network calls (see the module docstring).
 
   time_grid: explicit decreasing times in [1/N, 1] instead of `time_schedule` (e.g.
@@ -364,18 +456,24 @@ def solver_plan(diffusion: g.GaussianDiffusion, solver: str, steps: Optional[int
     grid = tg.check_time_grid(schedule, time_grid)
     implied = grid.size if solver == "plms" else grid.size - 1
     if steps is not None and steps != implied:
-      raise ValueError(f"steps={steps!r} does not match the time_grid of {grid.size} points, "
-                       f"which gives {solver} {implied} steps")
+      raise ValueError(
+        f"steps={steps!r} does not match the time_grid of {grid.size} points, "
+        f"which gives {solver} {implied} steps"
+      )
     steps = implied
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
     raise ValueError(f"steps must be an integer number of network calls, got {steps!r}")
   steps = int(steps)
   if steps < _MIN_STEPS[solver]:
     why = f" ({_WHY_MIN[solver]})" if solver in _WHY_MIN else ""
-    raise ValueError(f"solver {solver!r} needs steps >= {_MIN_STEPS[solver]}{why}, got steps={steps}")
+    raise ValueError(
+      f"solver {solver!r} needs steps >= {_MIN_STEPS[solver]}{why}, got steps={steps}"
+    )
   if solver == "unipc" and order is not None and steps < order:
-    raise ValueError(f"solver 'unipc' with order={order} needs steps >= {order} (its multistep "
-                     f"warm-up uses orders 1..{order}), got steps={steps}")
+    raise ValueError(
+      f"solver 'unipc' with order={order} needs steps >= {order} (its multistep "
+      f"warm-up uses orders 1..{order}), got steps={steps}"
+    )
   intervals = steps - 1 if solver == "plms" else steps
   schedule.check_intervals(intervals, f"solver {solver!r} with steps={steps}")
   if grid is None and not (solver == "dpmpp_2s" and time_schedule == "logsnr"):
@@ -386,20 +484,34 @@ def solver_plan(diffusion: g.GaussianDiffusion, solver: str, steps: Optional[int
   elif solver == "plms":
     times, orders = _plms(schedule, grid, calls)
   elif solver == "unipc":
-    times, orders = _unipc(schedule, grid, unipc_default_order(steps) if order is None else order,
-                           variant or UNIPC_VARIANT, lower_order_final, corrector, calls)
+    times, orders = _unipc(
+      schedule,
+      grid,
+      unipc_default_order(steps) if order is None else order,
+      variant or UNIPC_VARIANT,
+      lower_order_final,
+      corrector,
+      calls,
+    )
   else:
     order = {"dpmpp_1": 1, "dpmpp_2m": 2, "dpmpp_3m": 3, "sde_dpmpp_2m": 2}[solver]
-    times, orders = _multistep(schedule, grid, order, lower_order_final,
-                               solver == "sde_dpmpp_2m", calls)
+    times, orders = _multistep(
+      schedule, grid, order, lower_order_final, solver == "sde_dpmpp_2m", calls
+    )
   if denoise_to_zero:  # one more call: the x0 prediction at the last time
     calls.add(times[-1], 0.0, [1.0], advance=True, push=False)
     times, orders = np.append(times, times[-1]), list(orders) + [0]
   scale = 1000.0 / diffusion.original_num_steps if diffusion.rescale_timesteps else 1.0
   step_ends, step_states = calls.step_ends_and_states()
-  return SolverPlan(solver=solver, steps=steps, times=np.asarray(times),
-                    orders=np.asarray(orders), step_ends=step_ends, step_states=step_states,
-                    arrays=calls.arrays(schedule, scale))
+  return SolverPlan(
+    solver=solver,
+    steps=steps,
+    times=np.asarray(times),
+    orders=np.asarray(orders),
+    step_ends=step_ends,
+    step_states=step_states,
+    arrays=calls.arrays(schedule, scale),
+  )
 
 
 def dynamic_threshold(x0, ratio: float = THRESHOLD_RATIO, max_value: float = THRESHOLD_MAX):
@@ -410,10 +522,20 @@ def dynamic_threshold(x0, ratio: float = THRESHOLD_RATIO, max_value: float = THR
   return jnp.clip(x0, -s, s) / s
 
 
-def run_solver_plan(diffusion: g.GaussianDiffusion, model_fn, plan, x_init, *, key=None,
-                    step_noise=None, clip_denoised: bool = False, thresholding: bool = False,
-                    cond_fn: Optional[Callable] = None, model_kwargs=None,
-                    progressive: bool = False):
+def run_solver_plan(
+  diffusion: g.GaussianDiffusion,
+  model_fn,
+  plan,
+  x_init,
+  *,
+  key=None,
+  step_noise=None,
+  clip_denoised: bool = False,
+  thresholding: bool = False,
+  cond_fn: Optional[Callable] = None,
+  model_kwargs=None,
+  progressive: bool = False,
+):
   """Runs a plan (a SolverPlan or its `arrays`, which may be traced) from x_init [B, ..., C].
 
   Noise of call i: step_noise[i] ([nfe, *shape]) or normal(fold_in(key, i)); none when both
@@ -435,12 +557,13 @@ def run_solver_plan(diffusion: g.GaussianDiffusion, model_fn, plan, x_init, *, k
   def predict(x, p):
     t = jnp.full((x.shape[0],), p["t_model"], jnp.float32)
     out, _ = diffusion.split_model_output(
-        jnp.asarray(model_fn(x, t, **kwargs)).astype(jnp.float32), x)
+      jnp.asarray(model_fn(x, t, **kwargs)).astype(jnp.float32), x
+    )
     alpha, sigma = p["alpha"], p["sigma"]
     grad = None if cond_fn is None else jnp.asarray(cond_fn(x, t, **kwargs), jnp.float32)
     eps = None
     if diffusion.model_mean_type == g.START_X:
-      x0 = out if grad is None else out + (sigma ** 2 / alpha) * grad
+      x0 = out if grad is None else out + (sigma**2 / alpha) * grad
     else:  # classifier guidance shifts eps: eps - sigma * grad log p(y | x_t)
       eps = out if grad is None else out - sigma * grad
       x0 = (x - sigma * eps) / alpha
@@ -461,7 +584,8 @@ def run_solver_plan(diffusion: g.GaussianDiffusion, model_fn, plan, x_init, *, k
       x_next = x_next + p["noise_coef"] * jnp.asarray(step_noise, jnp.float32)[i]
     elif key is not None:
       x_next = x_next + p["noise_coef"] * jax.random.normal(
-          jax.random.fold_in(key, i), x_init.shape, jnp.float32)
+        jax.random.fold_in(key, i), x_init.shape, jnp.float32
+      )
     x_base = jnp.where(p["advance"] > 0, x_next, x_base)
     x_eval = p["eval_x_coef"] * x_next  # = x_next (1 x_next + 0 P) except for UniPC
     for k in range(width):
@@ -471,23 +595,35 @@ def run_solver_plan(diffusion: g.GaussianDiffusion, model_fn, plan, x_init, *, k
     return (x_base, x_eval, history), ((x_next, x_eval, x0) if progressive else None)
 
   history = tuple(jnp.zeros_like(x_init) for _ in range(width - 1))
-  (_, final, _), outs = jax.lax.scan(body, (x_init, x_init, history),
-                                     (jnp.arange(nfe), xs))
+  (_, final, _), outs = jax.lax.scan(body, (x_init, x_init, history), (jnp.arange(nfe), xs))
   if progressive:
     return {"sample": final, "states": outs[0], "evals": outs[1], "pred_xstarts": outs[2]}
   return final
 
 
-def solver_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence[int], key, *,
-                       solver: str, steps: Optional[int] = None,
-                       time_schedule: str = "time_uniform", time_grid=None,
-                       lower_order_final: bool = True, denoise_to_zero: bool = False,
-                       order: Optional[int] = None, variant: Optional[str] = None,
-                       corrector: bool = True, noise=None, step_noise=None,
-                       clip_denoised: bool = False, thresholding: bool = False,
-                       cond_fn: Optional[Callable] = None,
-                       model_kwargs: Optional[Mapping[str, Any]] = None,
-                       progressive: bool = False):
+def solver_sample_loop(
+  diffusion: g.GaussianDiffusion,
+  model_fn,
+  shape: Sequence[int],
+  key,
+  *,
+  solver: str,
+  steps: Optional[int] = None,
+  time_schedule: str = "time_uniform",
+  time_grid=None,
+  lower_order_final: bool = True,
+  denoise_to_zero: bool = False,
+  order: Optional[int] = None,
+  variant: Optional[str] = None,
+  corrector: bool = True,
+  noise=None,
+  step_noise=None,
+  clip_denoised: bool = False,
+  thresholding: bool = False,
+  cond_fn: Optional[Callable] = None,
+  model_kwargs: Optional[Mapping[str, Any]] = None,
+  progressive: bool = False,
+):
   """Samples x_0 [shape] from x_T = `noise` or N(0, I) drawn from `key`, with a fast solver.
 
   solver: one of SOLVERS; steps: network calls (see the module docstring); time_schedule:
@@ -503,9 +639,18 @@ def solver_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence
   fold_in(key, i)). Returns x_0; with progressive a dict: 'sample', 'samples' [S, *shape]
   (x after each solver step), 'times' [S] (their t), 'pred_xstarts' [NFE, *shape].
   """
-  plan = solver_plan(diffusion, solver, steps, time_schedule=time_schedule, time_grid=time_grid,
-                     lower_order_final=lower_order_final, denoise_to_zero=denoise_to_zero,
-                     order=order, variant=variant, corrector=corrector)
+  plan = solver_plan(
+    diffusion,
+    solver,
+    steps,
+    time_schedule=time_schedule,
+    time_grid=time_grid,
+    lower_order_final=lower_order_final,
+    denoise_to_zero=denoise_to_zero,
+    order=order,
+    variant=variant,
+    corrector=corrector,
+  )
   x_init, step_key = _initial_noise(key, shape, noise)
   if plan.stochastic:
     if step_noise is not None:
@@ -521,11 +666,25 @@ def solver_sample_loop(diffusion: g.GaussianDiffusion, model_fn, shape: Sequence
     if step_noise is not None:
       raise ValueError(f"step_noise is only for sde_dpmpp_2m; solver {solver!r} adds no noise")
     step_key = None
-  out = run_solver_plan(diffusion, model_fn, plan, x_init, key=step_key, step_noise=step_noise,
-                        clip_denoised=clip_denoised, thresholding=thresholding, cond_fn=cond_fn,
-                        model_kwargs=model_kwargs, progressive=progressive)
+  out = run_solver_plan(
+    diffusion,
+    model_fn,
+    plan,
+    x_init,
+    key=step_key,
+    step_noise=step_noise,
+    clip_denoised=clip_denoised,
+    thresholding=thresholding,
+    cond_fn=cond_fn,
+    model_kwargs=model_kwargs,
+    progressive=progressive,
+  )
   if not progressive:
     return out
   states = jnp.concatenate([out["states"], out["evals"]])[plan.step_states]
-  return {"sample": out["sample"], "samples": states,
-          "times": jnp.asarray(plan.times[1:], jnp.float32), "pred_xstarts": out["pred_xstarts"]}
+  return {
+    "sample": out["sample"],
+    "samples": states,
+    "times": jnp.asarray(plan.times[1:], jnp.float32),
+    "pred_xstarts": out["pred_xstarts"],
+  }

@@ -11,6 +11,7 @@ process trained on steps n = 0 .. T-1 it uses (as the official NoiseScheduleVP('
 Solvers run from t = 1 down to t = 1/N (step 0) by default. Everything here is host numpy
 float64, computed once per (schedule, steps) before a sampling loop is traced.
 """
+
 from typing import Sequence
 
 import numpy as np
@@ -43,7 +44,7 @@ class DiscreteTimeSchedule:
     lam = _lambda_of_log_alpha(log_alpha)
     cut = int(np.searchsorted(lam[::-1], CLIPPED_LAMBDA))  # steps at the end with lambda < -5.1
     self.num_train_steps = betas.size
-    self.log_alpha_table = log_alpha[:betas.size - cut]
+    self.log_alpha_table = log_alpha[: betas.size - cut]
     self.num_steps = self.log_alpha_table.size  # N
     if self.num_steps < 2:
       raise ValueError(f"only {self.num_steps} step of {betas.size} has lambda >= {CLIPPED_LAMBDA}")
@@ -79,8 +80,9 @@ class DiscreteTimeSchedule:
       raise ValueError(f"steps must be a 1-D sequence of integers, got {steps!r}")
     if n.size and (n.min() < 0 or n.max() > self.num_steps - 1):
       raise ValueError(
-          f"steps must lie in [0, {self.num_steps - 1}] (the {self.num_steps} of "
-          f"{self.num_train_steps} steps with lambda >= {CLIPPED_LAMBDA}), got {n.min()}..{n.max()}")
+        f"steps must lie in [0, {self.num_steps - 1}] (the {self.num_steps} of "
+        f"{self.num_train_steps} steps with lambda >= {CLIPPED_LAMBDA}), got {n.min()}..{n.max()}"
+      )
     return (n.astype(np.float64) + 1.0) / self.num_steps
 
   def check_intervals(self, intervals: int, what: str):
@@ -88,9 +90,10 @@ class DiscreteTimeSchedule:
     usable = self.num_steps - 1
     if intervals > usable:
       raise ValueError(
-          f"{what} asks for {intervals} intervals between t = 1 and t = 1/N, but this schedule "
-          f"has only {usable} ({self.num_steps} of {self.num_train_steps} steps are kept after "
-          f"clipping lambda < {CLIPPED_LAMBDA})")
+        f"{what} asks for {intervals} intervals between t = 1 and t = 1/N, but this schedule "
+        f"has only {usable} ({self.num_steps} of {self.num_train_steps} steps are kept after "
+        f"clipping lambda < {CLIPPED_LAMBDA})"
+      )
 
 
 def time_grid(schedule: DiscreteTimeSchedule, name: str, intervals: int) -> np.ndarray:
@@ -133,6 +136,7 @@ def check_time_grid(schedule: DiscreteTimeSchedule, time_grid) -> np.ndarray:
   lo, hi = schedule.t_end * (1 - 1e-9), 1.0 + 1e-9
   if grid.min() < lo or grid.max() > hi:
     raise ValueError(
-        f"time_grid must lie in [1/N, 1] = [{schedule.t_end:.6g}, 1] (N = {schedule.num_steps}), "
-        f"got [{grid.min():.6g}, {grid.max():.6g}]; use times_of_steps() for integer steps")
+      f"time_grid must lie in [1/N, 1] = [{schedule.t_end:.6g}, 1] (N = {schedule.num_steps}), "
+      f"got [{grid.min():.6g}, {grid.max():.6g}]; use times_of_steps() for integer steps"
+    )
   return grid

@@ -7,6 +7,7 @@ the diffusion data: bicubic 28 → 32), gives
   logits [N, 10] (IS, classifier accuracy of class-conditional samples).
 Its weights ship in adm_jax/evaluation/weights/ with a JSON card (test accuracy, command).
 """
+
 import json
 import os
 from typing import Dict
@@ -75,8 +76,10 @@ def unflatten_params(arrays) -> Dict:
 def load(path: str = WEIGHTS):
   """(module, params) of the shipped network (or another weights file of the same layout)."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{NAME} weights {path} not found; train them with "
-                            "experiments/train_fashion_mnist_features.py")
+    raise FileNotFoundError(
+      f"{NAME} weights {path} not found; train them with "
+      "experiments/train_fashion_mnist_features.py"
+    )
   with np.load(path) as data:
     params = unflatten_params({k: data[k] for k in data.files})
   return FashionCNN(), params

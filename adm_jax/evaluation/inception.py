@@ -11,6 +11,7 @@ Outputs for images of any size (bilinearly resized to 299x299, [0, 255] → [-1,
   logits   [N, 1008]        (Inception Score)
 FID-specific blocks: average pools exclude padding; the last block max-pools its pool branch.
 """
+
 import os
 from typing import Dict, Sequence, Tuple
 
@@ -26,6 +27,7 @@ WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 
 class BasicConv(nn.Module):
   """conv (no bias) → BatchNorm (eps 1e-3, inference statistics) → ReLU; names `conv`, `bn`."""
+
   features: int
   kernel: Tuple[int, int]
   stride: int = 1
@@ -33,14 +35,21 @@ class BasicConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, self.kernel, strides=self.stride, use_bias=False,
-                padding=((self.padding[0],) * 2, (self.padding[1],) * 2), name="conv")(x)
+    x = nn.Conv(
+      self.features,
+      self.kernel,
+      strides=self.stride,
+      use_bias=False,
+      padding=((self.padding[0],) * 2, (self.padding[1],) * 2),
+      name="conv",
+    )(x)
     bn = BatchNormParams(self.features, name="bn")
     return nn.relu(bn(x))
 
 
 class BatchNormParams(nn.Module):
   """Inference BatchNorm whose statistics are plain parameters (weight, bias, running_*)."""
+
   features: int
   eps: float = 1e-3
 
@@ -132,12 +141,22 @@ class BlockE(nn.Module):
   def __call__(self, x):
     b1 = _c(320, name="branch1x1")(x)
     b3 = _c(384, name="branch3x3_1")(x)
-    b3 = jnp.concatenate([_c(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
-                          _c(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3)], axis=-1)
+    b3 = jnp.concatenate(
+      [
+        _c(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
+        _c(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3),
+      ],
+      axis=-1,
+    )
     bd = _c(448, name="branch3x3dbl_1")(x)
     bd = _c(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
-    bd = jnp.concatenate([_c(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
-                          _c(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd)], axis=-1)
+    bd = jnp.concatenate(
+      [
+        _c(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
+        _c(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd),
+      ],
+      axis=-1,
+    )
     pooled = max_pool(x, 1, 1) if self.max_pool_branch else avg_pool_exclude_pad(x)
     bp = _c(192, name="branch_pool")(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
@@ -182,15 +201,18 @@ def _torch_name(path: Sequence[str]) -> str:
 
 
 def abstract_params():
-  return jax.eval_shape(lambda: InceptionV3().init(jax.random.PRNGKey(0),
-                                                   jnp.zeros((1, 75, 75, 3))))["params"]
+  return jax.eval_shape(
+    lambda: InceptionV3().init(jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)))
+  )["params"]
 
 
 def load_inception_params(path: str):
   """Flax params from the FID Inception weights file (.pth via torch, or .npz)."""
   if not path:
-    raise ValueError(f"inception_v3 needs its weights file: set sample.inception_weights to "
-                     f"{WEIGHTS_NAME} (pytorch-fid's release; nothing is downloaded)")
+    raise ValueError(
+      f"inception_v3 needs its weights file: set sample.inception_weights to "
+      f"{WEIGHTS_NAME} (pytorch-fid's release; nothing is downloaded)"
+    )
   state = convert.load_state_dict(path)
   state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
   flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params())
@@ -209,8 +231,9 @@ def load_inception_params(path: str):
     used.add(name)
   extra = sorted(set(state) - used)
   if extra:
-    raise ValueError(f"{os.path.basename(path)} has unexpected tensor {extra[0]!r}: not the FID "
-                     "Inception weights?")
+    raise ValueError(
+      f"{os.path.basename(path)} has unexpected tensor {extra[0]!r}: not the FID Inception weights?"
+    )
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

@@ -9,6 +9,7 @@
 All inputs are numpy feature arrays [N, D]; distance blocks are computed in JAX batches
 so that 50k x 50k never materialises at once.
 """
+
 from typing import Tuple
 
 import jax
@@ -28,8 +29,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
   sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-    raise ValueError(f"statistics of different shapes: {mu1.shape}/{sigma1.shape} vs "
-                     f"{mu2.shape}/{sigma2.shape}")
+    raise ValueError(
+      f"statistics of different shapes: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}"
+    )
   diff = mu1 - mu2
   covmean = linalg.sqrtm(sigma1.dot(sigma2))
   if not np.isfinite(covmean).all():
@@ -57,7 +59,7 @@ def inception_score(probs: np.ndarray, split_size: int = 5000) -> float:
   probs = np.asarray(probs, dtype=np.float64)
   scores = []
   for start in range(0, len(probs), split_size):
-    part = probs[start:start + split_size]
+    part = probs[start : start + split_size]
     marginal = part.mean(axis=0, keepdims=True)
     kl = np.sum(part * (np.log(part + 1e-30) - np.log(marginal + 1e-30)), axis=1).mean()
     scores.append(np.exp(kl))
@@ -80,10 +82,12 @@ def manifold_radii(features: np.ndarray, k: int = 3, batch: int = 10000) -> np.n
     raise ValueError(f"precision/recall with k={k} needs more than {k} points, got {n}")
   radii = np.zeros(n, np.float64)
   for start in range(0, n, batch):
-    rows = features[start:start + batch]
-    dists = np.concatenate([np.asarray(_squared_distances(rows, features[c:c + batch]))
-                            for c in range(0, n, batch)], axis=1)
-    radii[start:start + batch] = np.partition(dists, k, axis=1)[:, k]
+    rows = features[start : start + batch]
+    dists = np.concatenate(
+      [np.asarray(_squared_distances(rows, features[c : c + batch])) for c in range(0, n, batch)],
+      axis=1,
+    )
+    radii[start : start + batch] = np.partition(dists, k, axis=1)[:, k]
   return radii
 
 
@@ -92,7 +96,7 @@ def nearest_distances(points: np.ndarray, reference: np.ndarray, batch: int = 50
   reference = jnp.asarray(reference, jnp.float32)
   out = []
   for start in range(0, len(points), batch):
-    rows = jnp.asarray(points[start:start + batch], jnp.float32)
+    rows = jnp.asarray(points[start : start + batch], jnp.float32)
     out.append(np.sqrt(np.asarray(_squared_distances(rows, reference)).min(axis=1)))
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
@@ -105,14 +109,15 @@ def _inside(points, radii_points, others, radii_others, batch):
   o_in = np.zeros(others.shape[0], bool)
   for i in range(0, points.shape[0], batch):
     for j in range(0, others.shape[0], batch):
-      d = np.asarray(_squared_distances(points[i:i + batch], others[j:j + batch]))
-      p_in[i:i + batch] |= np.any(d <= radii_others[None, j:j + batch], axis=1)
-      o_in[j:j + batch] |= np.any(d <= radii_points[i:i + batch, None], axis=0)
+      d = np.asarray(_squared_distances(points[i : i + batch], others[j : j + batch]))
+      p_in[i : i + batch] |= np.any(d <= radii_others[None, j : j + batch], axis=1)
+      o_in[j : j + batch] |= np.any(d <= radii_points[i : i + batch, None], axis=0)
   return p_in, o_in
 
 
-def precision_recall(ref_features, sample_features, k: int = 3,
-                     batch: int = 10000) -> Tuple[float, float]:
+def precision_recall(
+  ref_features, sample_features, k: int = 3, batch: int = 10000
+) -> Tuple[float, float]:
   """(precision, recall) of samples against a reference set, k-NN manifolds."""
   ref_radii = manifold_radii(ref_features, k, batch)
   sample_radii = manifold_radii(sample_features, k, batch)

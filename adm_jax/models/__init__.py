@@ -1,7 +1,16 @@
 """ADM networks in Flax Linen (NHWC): UNet, super-resolution UNet, noisy-image classifier."""
-from adm_jax.models.config import (  # noqa: F401
-    DEFAULT_CHANNEL_MULT, RELEASED, create_classifier, create_model, create_sr_model,
-    released_config, released_kind)
-from adm_jax.models.layers import GroupNorm, timestep_embedding  # noqa: F401
-from adm_jax.models.unet import (  # noqa: F401
-    POOLS, REMAT_POLICIES, EncoderClassifier, SuperResUNet, UNet)
+
+from adm_jax.models.config import DEFAULT_CHANNEL_MULT  # noqa: F401
+from adm_jax.models.config import RELEASED  # noqa: F401
+from adm_jax.models.config import create_classifier  # noqa: F401
+from adm_jax.models.config import create_model  # noqa: F401
+from adm_jax.models.config import create_sr_model  # noqa: F401
+from adm_jax.models.config import released_config  # noqa: F401
+from adm_jax.models.config import released_kind  # noqa: F401
+from adm_jax.models.layers import GroupNorm  # noqa: F401
+from adm_jax.models.layers import timestep_embedding  # noqa: F401
+from adm_jax.models.unet import POOLS  # noqa: F401
+from adm_jax.models.unet import REMAT_POLICIES  # noqa: F401
+from adm_jax.models.unet import EncoderClassifier  # noqa: F401
+from adm_jax.models.unet import SuperResUNet  # noqa: F401
+from adm_jax.models.unet import UNet  # noqa: F401

@@ -12,6 +12,7 @@ heads-major attention tuned for XLA:CPU (experiments/RESULTS.md); on GPU and TPU
 autodiff of `lax.conv_general_dilated` and of the same GroupNorm forward, and
 `jax.nn.dot_product_attention` (cuDNN flash attention on a CUDA GPU where it applies).
 """
+
 import functools
 import math
 from typing import Any
@@ -38,8 +39,9 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
 
 
 def _conv_nhwc(x, kernel, stride: int, padding):
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(
+    x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 def conv2d(x, kernel, stride: int, padding):
@@ -52,8 +54,11 @@ def conv2d(x, kernel, stride: int, padding):
   """
   padding = tuple(tuple(p) for p in padding)
   return jax.lax.platform_dependent(
-      x, kernel, cpu=lambda a, k: _conv2d_cpu(a, k, stride, padding),
-      default=lambda a, k: _conv_nhwc(a, k, stride, padding))
+    x,
+    kernel,
+    cpu=lambda a, k: _conv2d_cpu(a, k, stride, padding),
+    default=lambda a, k: _conv_nhwc(a, k, stride, padding),
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -84,8 +89,13 @@ def _conv2d_bwd(stride, padding, residuals, grad_out):
     lo_t = k - 1 - lo
     transposed_padding.append((lo_t, n + k - 2 - (m - 1) * stride - lo_t))
   grad_x = jax.lax.conv_general_dilated(
-      grad_out, flipped, (1, 1), transposed_padding, lhs_dilation=(stride, stride),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    grad_out,
+    flipped,
+    (1, 1),
+    transposed_padding,
+    lhs_dilation=(stride, stride),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   return grad_x.astype(x.dtype), _kernel_gradient(x, grad_out, kernel.shape, stride, padding)
 
 
@@ -109,9 +119,14 @@ def _kernel_gradient(x, grad_out, kernel_shape, stride: int, padding):
     n, m = x.shape[axis], grad_out.shape[axis]
     # Trim the high side so that the output is exactly k wide (rows a stride skips add nothing).
     window_padding.append((lo, max(k + stride * (m - 1) - lo - n, 0)))
-  grad = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), window_padding,
-                                      rhs_dilation=(stride, stride),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  grad = jax.lax.conv_general_dilated(
+    lhs,
+    rhs,
+    (1, 1),
+    window_padding,
+    rhs_dilation=(stride, stride),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   return jnp.transpose(grad[:, :k_h, :k_w, :], (1, 2, 0, 3))
 
 
@@ -119,8 +134,10 @@ _conv2d_cpu.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 class Conv(nn.Module):
-  """Square convolution with torch-style symmetric padding (k-1)/2; params `kernel` [k, k, Cin, Cout]
+  """Square convolution with torch-style symmetric padding (k-1)/2; params `kernel`
+  [k, k, Cin, Cout]
   and `bias` [Cout] in float32 (the layout of flax's nn.Conv), computed in `dtype`."""
+
   features: int
   kernel_size: int = 3
   stride: int = 1
@@ -130,17 +147,18 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
-                        jnp.float32)
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     pad = (k - 1) // 2
-    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
-               ((pad, pad), (pad, pad)))
+    y = conv2d(
+      x.astype(self.dtype), kernel.astype(self.dtype), self.stride, ((pad, pad), (pad, pad))
+    )
     return _add_bias(y, bias, self.dtype)
 
 
 def _add_bias(y, bias, dtype):
-  """y [..., C] + bias [C] (float32) in `dtype`; in bf16 / fp16 the bias gradient sums in float32."""
+  """y [..., C] + bias [C] (float32) in `dtype`; in bf16 / fp16 the bias gradient sums in
+  float32."""
   if jnp.dtype(dtype) == jnp.float32:
     return y + bias.astype(dtype)
   return add_bias_f32_grad(y, bias)
@@ -170,6 +188,7 @@ add_bias_f32_grad.defvjp(_add_bias_fwd, _add_bias_bwd)
 class Dense(nn.Module):
   """flax nn.Dense (same `kernel` [Cin, Cout] / `bias` [Cout] params and initialisers) computed in
   `dtype`, with the bias gradient summed in float32 when `dtype` is bfloat16 / float16."""
+
   features: int
   dtype: Dtype = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
@@ -178,15 +197,22 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            (((x.ndim - 1,), (0,)), ((), ())))
+    y = jax.lax.dot_general(
+      x.astype(self.dtype), kernel.astype(self.dtype), (((x.ndim - 1,), (0,)), ((), ()))
+    )
     return _add_bias(y, bias, self.dtype)
 
 
 def conv3x3(features: int, dtype: Dtype, name: str, stride: int = 1, zero: bool = False):
   """3x3 convolution padded by 1 on each side (torch padding=1), also for stride 2."""
-  return Conv(features, 3, stride, dtype=dtype, name=name,
-              kernel_init=nn.initializers.zeros if zero else nn.initializers.lecun_normal())
+  return Conv(
+    features,
+    3,
+    stride,
+    dtype=dtype,
+    name=name,
+    kernel_init=nn.initializers.zeros if zero else nn.initializers.lecun_normal(),
+  )
 
 
 def _group_stats(xf, groups: int, eps: float):
@@ -218,8 +244,12 @@ def group_norm(x, scale, bias, groups: int, eps: float, silu: bool):
   autodiff elsewhere (XLA:GPU / TPU fuse autodiff's reductions themselves).
   """
   return jax.lax.platform_dependent(
-      x, scale, bias, cpu=lambda *a: _group_norm_cpu(*a, groups, eps, silu),
-      default=lambda *a: _group_norm_fwd(*a, groups, eps, silu)[0])
+    x,
+    scale,
+    bias,
+    cpu=lambda *a: _group_norm_cpu(*a, groups, eps, silu),
+    default=lambda *a: _group_norm_fwd(*a, groups, eps, silu)[0],
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -259,8 +289,9 @@ def _group_norm_bwd(groups, eps, silu, residuals, grad):
 
   mean_dxhat = group_mean(sum_dy * scale)
   mean_dxhat_xhat = group_mean(sum_dy_xhat * scale)
-  grad_x = _expand(rstd, xf.ndim) * (grad * scale - _expand(mean_dxhat, xf.ndim)
-                                     - x_hat * _expand(mean_dxhat_xhat, xf.ndim))
+  grad_x = _expand(rstd, xf.ndim) * (
+    grad * scale - _expand(mean_dxhat, xf.ndim) - x_hat * _expand(mean_dxhat_xhat, xf.ndim)
+  )
   return grad_x.astype(x.dtype), sum_dy_xhat.sum(0), sum_dy.sum(0)
 
 
@@ -274,6 +305,7 @@ class GroupNorm(nn.Module):
   per-channel scale and shift (fast on XLA:CPU). Optionally fuses the following SiLU.
   Works on [B, ..., C] (images) and [B, C] (features).
   """
+
   num_groups: int = 32
   eps: float = 1e-5
   silu: bool = False
@@ -283,7 +315,9 @@ class GroupNorm(nn.Module):
   def __call__(self, x):
     channels = x.shape[-1]
     if channels % self.num_groups:
-      raise ValueError(f"GroupNorm: {channels} channels are not divisible by {self.num_groups} groups")
+      raise ValueError(
+        f"GroupNorm: {channels} channels are not divisible by {self.num_groups} groups"
+      )
     scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     return group_norm(x, scale, bias, self.num_groups, self.eps, self.silu).astype(self.dtype)
@@ -307,6 +341,7 @@ def nearest_up2(x):
 
 class Downsample(nn.Module):
   """Stride-2 3x3 conv (`op`) or, without conv, 2x2 average pooling."""
+
   out_channels: int
   use_conv: bool = True
   dtype: Dtype = jnp.float32
@@ -320,6 +355,7 @@ class Downsample(nn.Module):
 
 class Upsample(nn.Module):
   """Nearest 2x, then (optionally) a 3x3 conv (`conv`)."""
+
   out_channels: int
   use_conv: bool = True
   dtype: Dtype = jnp.float32
@@ -333,11 +369,13 @@ class Upsample(nn.Module):
 
 
 class ResBlock(nn.Module):
-  """The ADM residual block: GN-SiLU-conv, timestep embedding (AdaGN or added), GN-SiLU-dropout-conv.
+  """The ADM residual block: GN-SiLU-conv, timestep embedding (AdaGN or added),
+  GN-SiLU-dropout-conv.
 
   up / down resample both paths between the first GN+SiLU and the first conv
   (BigGAN style). The skip path is a 1x1 conv when the channel count changes.
   """
+
   out_channels: int
   dropout: float = 0.0
   use_scale_shift_norm: bool = False
@@ -356,8 +394,9 @@ class ResBlock(nn.Module):
     elif self.down:
       h, x = avg_pool2(h), avg_pool2(x)
     h = conv3x3(out, self.dtype, "in_layers_2")(h)
-    emb_out = Dense(2 * out if self.use_scale_shift_norm else out, dtype=self.dtype,
-                    name="emb_layers_1")(nn.silu(emb.astype(self.dtype)))
+    emb_out = Dense(
+      2 * out if self.use_scale_shift_norm else out, dtype=self.dtype, name="emb_layers_1"
+    )(nn.silu(emb.astype(self.dtype)))
     emb_out = emb_out.astype(jnp.float32)[:, None, None, :]
     if self.use_scale_shift_norm:
       scale, shift = jnp.split(emb_out, 2, axis=-1)
@@ -366,7 +405,8 @@ class ResBlock(nn.Module):
       h = nn.silu(h)
     else:
       h = GroupNorm(silu=True, dtype=self.dtype, name="out_layers_0")(
-          (h.astype(jnp.float32) + emb_out).astype(self.dtype))
+        (h.astype(jnp.float32) + emb_out).astype(self.dtype)
+      )
     h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
     h = conv3x3(out, self.dtype, "out_layers_3", zero=True)(h)
     if out != channels:
@@ -383,13 +423,16 @@ def qkv_attention(qkv, num_heads: int, new_order: bool):
   attention on a CUDA GPU where it applies, else its XLA implementation).
   """
   return jax.lax.platform_dependent(
-      qkv, cpu=lambda a: attention(*split_heads(a, num_heads, new_order)),
-      cuda=lambda a: _attention_xla(a, num_heads, new_order, try_cudnn=True),
-      default=lambda a: _attention_xla(a, num_heads, new_order, try_cudnn=False))
+    qkv,
+    cpu=lambda a: attention(*split_heads(a, num_heads, new_order)),
+    cuda=lambda a: _attention_xla(a, num_heads, new_order, try_cudnn=True),
+    default=lambda a: _attention_xla(a, num_heads, new_order, try_cudnn=False),
+  )
 
 
 def split_heads(qkv, num_heads: int, new_order: bool):
-  """[B, T, 3*H*d] → q, k, v [B, H, T, d] for the legacy (h,{q,k,v},d) or new ({q,k,v},h,d) order."""
+  """[B, T, 3*H*d] → q, k, v [B, H, T, d] for the legacy (h,{q,k,v},d) or new ({q,k,v},h,d)
+  order."""
   return tuple(jnp.transpose(a, (0, 2, 1, 3)) for a in _split_tokens(qkv, num_heads, new_order))
 
 
@@ -413,8 +456,9 @@ def attention(q, k, v):
   """
   d = q.shape[-1]
   scale = 1.0 / math.sqrt(math.sqrt(d))
-  logits = jnp.matmul(q * scale, jnp.swapaxes(k * scale, -1, -2),
-                      preferred_element_type=jnp.float32)
+  logits = jnp.matmul(
+    q * scale, jnp.swapaxes(k * scale, -1, -2), preferred_element_type=jnp.float32
+  )
   # Subtracting the (constant) row maximum keeps exp finite; softmax is invariant to it.
   unnormalised = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
   out = jnp.matmul(unnormalised.astype(v.dtype), v, preferred_element_type=jnp.float32)
@@ -424,10 +468,15 @@ def attention(q, k, v):
 
 
 def _cudnn_may_apply(q) -> bool:
-  """Whether cuDNN flash attention may run q [B, T, H, d]: a GPU, 16-bit floats, d % 8 == 0, <= 128."""
+  """Whether cuDNN flash attention may run q [B, T, H, d]: a GPU, 16-bit floats, d % 8 == 0,
+  d <= 128."""
   d = q.shape[-1]
-  return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-          and d % 8 == 0 and d <= 128)
+  return (
+    jax.default_backend() == "gpu"
+    and q.dtype in (jnp.bfloat16, jnp.float16)
+    and d % 8 == 0
+    and d <= 128
+  )
 
 
 def _attention_xla(qkv, num_heads: int, new_order: bool, try_cudnn: bool):
@@ -447,6 +496,7 @@ def _attention_xla(qkv, num_heads: int, new_order: bool, try_cudnn: bool):
 
 class AttentionBlock(nn.Module):
   """Self-attention over all positions with a residual connection (`norm`, `qkv`, `proj_out`)."""
+
   num_heads: int
   use_new_attention_order: bool = False
   dtype: Dtype = jnp.float32
@@ -467,6 +517,7 @@ class AttentionPool(nn.Module):
 
   Positional embedding [T+1, C]; heads of `head_channels`; ({q,k,v}, head, channel) order.
   """
+
   spatial_size: int
   head_channels: int
   out_features: int
@@ -477,9 +528,12 @@ class AttentionPool(nn.Module):
     b, hh, ww, c = x.shape
     if hh != self.spatial_size or ww != self.spatial_size:
       raise ValueError(f"attention pool built for {self.spatial_size}px maps, got {hh}x{ww}")
-    pos = self.param("positional_embedding",
-                     lambda k, s, d: jax.random.normal(k, s, d) / math.sqrt(c),
-                     (hh * ww + 1, c), jnp.float32)
+    pos = self.param(
+      "positional_embedding",
+      lambda k, s, d: jax.random.normal(k, s, d) / math.sqrt(c),
+      (hh * ww + 1, c),
+      jnp.float32,
+    )
     tokens = x.reshape(b, hh * ww, c).astype(jnp.float32)
     tokens = jnp.concatenate([tokens.mean(axis=1, keepdims=True), tokens], axis=1) + pos
     qkv = Dense(3 * c, dtype=self.dtype, name="qkv_proj")(tokens.astype(self.dtype))

@@ -6,6 +6,7 @@ All NHWC. Call signatures (other code relies on them):
   EncoderClassifier: apply(vars, x, t, train=False) -> logits [B, num_classes]
 Outputs are float32 whatever the compute dtype.
 """
+
 import functools
 from typing import Any, Optional, Tuple
 
@@ -22,11 +23,11 @@ _conv_saveable = lambda prim, *_, **__: prim.name == "conv_general_dilated"
 # Remat policies by flag value (model flag `remat_policy`): which values of a residual or attention
 # block its backward pass may keep from the forward pass instead of recomputing them.
 REMAT_POLICIES = {
-    "none": None,  # no remat
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,  # keep only each block's inputs
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "convs_saveable": _conv_saveable,  # keep convolution outputs, recompute norms / attention
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # convolutions and all matmuls
+  "none": None,  # no remat
+  "nothing_saveable": jax.checkpoint_policies.nothing_saveable,  # keep only each block's inputs
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "convs_saveable": _conv_saveable,  # keep convolution outputs, recompute norms / attention
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,  # convolutions and all matmuls
 }
 # What use_checkpoint=True means. Train step of a 64x64, 64-channel UNet, bf16, batch 8
 # (XLA:CPU memory_analysis): temp 1025 MiB without remat; convs_saveable 274 MiB at +2% FLOPs,
@@ -40,7 +41,8 @@ def _after(tree, grad):
   g = grad.ravel()[0].astype(jnp.float32)
   zero = jnp.where(g == g, jnp.minimum(jnp.abs(g), 0.0), 0.0)  # 0.0 also for inf / NaN
   return jax.tree.map(
-      lambda a: a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+    lambda a: a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+  )
 
 
 def remat_call(module: nn.Module, policy: str, *args):
@@ -53,8 +55,9 @@ def remat_call(module: nn.Module, policy: str, *args):
   """
   # No CSE barrier needed (or wanted: it would be the only optimisation barrier on GPU / TPU):
   # the recomputation's inputs are new values (`_after`), which XLA cannot merge with the forward.
-  checkpointed = nn.checkpoint(lambda mdl, *a: mdl(*a), policy=REMAT_POLICIES[policy],
-                               prevent_cse=False)
+  checkpointed = nn.checkpoint(
+    lambda mdl, *a: mdl(*a), policy=REMAT_POLICIES[policy], prevent_cse=False
+  )
 
   def fwd(mdl, *a):
     return nn.vjp(checkpointed, mdl, *a)
@@ -67,6 +70,7 @@ def remat_call(module: nn.Module, policy: str, *args):
 
 class _Torso(nn.Module):
   """Shared encoder/decoder construction; module names mirror the reference's state dict."""
+
   image_size: int
   in_channels: int
   model_channels: int
@@ -89,7 +93,9 @@ class _Torso(nn.Module):
   def heads(self, channels, upsample=False):
     if self.num_head_channels != -1:
       return channels // self.num_head_channels
-    return self.num_heads_upsample if (upsample and self.num_heads_upsample != -1) else self.num_heads
+    return (
+      self.num_heads_upsample if (upsample and self.num_heads_upsample != -1) else self.num_heads
+    )
 
   def policy(self) -> str:
     policy = self.remat_policy or (DEFAULT_REMAT_POLICY if self.use_checkpoint else "none")
@@ -103,14 +109,28 @@ class _Torso(nn.Module):
     return module if policy == "none" else functools.partial(remat_call, module, policy)
 
   def res_block(self, name, out, train, up=False, down=False):
-    return self.rematted(layers.ResBlock(
-        out_channels=out, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
-        up=up, down=down, deterministic=not train, dtype=self.dtype, name=name))
+    return self.rematted(
+      layers.ResBlock(
+        out_channels=out,
+        dropout=self.dropout,
+        use_scale_shift_norm=self.use_scale_shift_norm,
+        up=up,
+        down=down,
+        deterministic=not train,
+        dtype=self.dtype,
+        name=name,
+      )
+    )
 
   def attn_block(self, name, channels, upsample=False):
-    return self.rematted(layers.AttentionBlock(
+    return self.rematted(
+      layers.AttentionBlock(
         num_heads=self.heads(channels, upsample),
-        use_new_attention_order=self.use_new_attention_order, dtype=self.dtype, name=name))
+        use_new_attention_order=self.use_new_attention_order,
+        dtype=self.dtype,
+        name=name,
+      )
+    )
 
   def time_embedding(self, t):
     emb = layers.timestep_embedding(t, self.model_channels)
@@ -162,8 +182,10 @@ class UNet(_Torso):
   def forward(self, x, t, y, train):
     """The network body (called from a compact __call__)."""
     if (y is not None) != (self.num_classes is not None):
-      raise ValueError("pass class labels y if and only if the model is class-conditional "
-                       f"(num_classes={self.num_classes}, y given: {y is not None})")
+      raise ValueError(
+        "pass class labels y if and only if the model is class-conditional "
+        f"(num_classes={self.num_classes}, y given: {y is not None})"
+      )
     emb = self.time_embedding(t)
     if y is not None:
       emb = emb + nn.Embed(self.num_classes, 4 * self.model_channels, name="label_emb")(y)
@@ -194,8 +216,9 @@ class UNet(_Torso):
 def upsample_bilinear(images, size: int):
   """Bilinear resize to size x size with half-pixel centres, no antialiasing (torch default)."""
   b, _, _, c = images.shape
-  return jax.image.resize(images.astype(jnp.float32), (b, size, size, c), method="bilinear",
-                          antialias=False)
+  return jax.image.resize(
+    images.astype(jnp.float32), (b, size, size, c), method="bilinear", antialias=False
+  )
 
 
 class SuperResUNet(UNet):
@@ -214,6 +237,7 @@ POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
 
 class EncoderClassifier(_Torso):
   """Noisy-image classifier: the UNet encoder and middle block, then a pool head."""
+
   pool: str = "adaptive"
 
   @nn.compact
@@ -236,6 +260,7 @@ class EncoderClassifier(_Torso):
       logits = nn.Conv(out, (1, 1), kernel_init=nn.initializers.zeros, name="out_3")(pooled)
       return logits[:, 0, 0, :]
     if self.pool == "attention":
-      return layers.AttentionPool(self.image_size // ds, self.num_head_channels, out,
-                                  name="out_2")(h).astype(jnp.float32)
+      return layers.AttentionPool(self.image_size // ds, self.num_head_channels, out, name="out_2")(
+        h
+      ).astype(jnp.float32)
     raise ValueError(f"unknown classifier_pool {self.pool!r}; expected one of {POOLS}")

@@ -1,4 +1,6 @@
-"""Images out of the samplers: uint8 conversion and PNG grids (optionally one labelled column per class)."""
+"""Images out of the samplers: uint8 conversion and PNG grids (optionally one labelled column per
+class)."""
+
 import math
 from typing import Optional, Sequence
 
@@ -25,12 +27,17 @@ def image_grid(images: np.ndarray, ncols: Optional[int] = None, pad: int = 2) ->
   for i in range(n):
     r, col = divmod(i, ncols)
     top, left = pad + r * (h + pad), pad + col * (w + pad)
-    grid[top:top + h, left:left + w] = images[i]
+    grid[top : top + h, left : left + w] = images[i]
   return grid
 
 
-def save_grid(path: str, images_uint8: np.ndarray, ncols: Optional[int] = None,
-              scale: int = 1, column_names: Optional[Sequence[str]] = None) -> str:
+def save_grid(
+  path: str,
+  images_uint8: np.ndarray,
+  ncols: Optional[int] = None,
+  scale: int = 1,
+  column_names: Optional[Sequence[str]] = None,
+) -> str:
   """Writes a PNG grid (optionally enlarged by an integer factor) and returns its path.
 
   column_names: a caption above each column (e.g. the class of a class-ordered grid).

@@ -10,6 +10,7 @@ SDE-DPM-Solver++(2M), PLMS, UniPC) over a time schedule of the un-respaced proce
 the number of network evaluations (NFE) per image; with classifier guidance each also costs
 one classifier forward and backward.
 """
+
 import dataclasses
 from typing import Callable, Optional
 
@@ -38,6 +39,7 @@ class SamplerSpec:
   unipc only: order 1..3 (0: 3, or 2 with guidance, at most steps: the authors' advice) and
   variant "bh1" | "bh2" ("": "bh2").
   """
+
   name: str = "ddpm"
   steps: int = 0
   timestep_respacing: str = ""
@@ -51,31 +53,39 @@ class SamplerSpec:
     if self.name not in SAMPLERS:
       raise ValueError(f"unknown sampler {self.name!r}; expected one of {', '.join(SAMPLERS)}")
     if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-      raise ValueError(f"sampler steps must be an integer >= 1 (or 0 to use "
-                       f"timestep_respacing), got {self.steps!r}")
+      raise ValueError(
+        f"sampler steps must be an integer >= 1 (or 0 to use "
+        f"timestep_respacing), got {self.steps!r}"
+      )
     if self.is_solver:
       if self.steps < 1:
         raise ValueError(f"sampler {self.name!r} needs steps >= 1 (network evaluations per image)")
       if self.time_schedule not in TIME_SCHEDULES:
-        raise ValueError(f"unknown time_schedule {self.time_schedule!r}; expected one of "
-                         f"{', '.join(TIME_SCHEDULES)}")
+        raise ValueError(
+          f"unknown time_schedule {self.time_schedule!r}; expected one of "
+          f"{', '.join(TIME_SCHEDULES)}"
+        )
     elif self.steps == 0 and not str(self.timestep_respacing).strip():
       raise ValueError(f"sampler {self.name!r} needs steps >= 1 or a timestep_respacing")
     if self.eta and self.name != "ddim":
       raise ValueError(f"eta={self.eta} is DDIM's noise; sampler {self.name!r} does not take it")
     if self.thresholding and not self.is_solver:
-      raise ValueError(f"thresholding is an option of the solvers ({', '.join(SOLVERS)}), "
-                       f"not of {self.name!r}")
+      raise ValueError(
+        f"thresholding is an option of the solvers ({', '.join(SOLVERS)}), not of {self.name!r}"
+      )
     for option, value in (("order", self.order), ("variant", self.variant)):
       if value and self.name != "unipc":
-        raise ValueError(f"{option}={value!r} is an option of sampler 'unipc', "
-                         f"not of {self.name!r}")
+        raise ValueError(
+          f"{option}={value!r} is an option of sampler 'unipc', not of {self.name!r}"
+        )
     if isinstance(self.order, bool) or self.order not in (0, 1, 2, 3):
-      raise ValueError(f"sampler 'unipc' order must be 1, 2 or 3 (0: its default), "
-                       f"got {self.order!r}")
+      raise ValueError(
+        f"sampler 'unipc' order must be 1, 2 or 3 (0: its default), got {self.order!r}"
+      )
     if self.variant not in ("",) + UNIPC_VARIANTS:
-      raise ValueError(f"unknown UniPC variant {self.variant!r}; expected one of "
-                       f"{', '.join(UNIPC_VARIANTS)}")
+      raise ValueError(
+        f"unknown UniPC variant {self.variant!r}; expected one of {', '.join(UNIPC_VARIANTS)}"
+      )
 
   @classmethod
   def from_config(cls, section, prefix: str = "") -> "SamplerSpec":
@@ -115,36 +125,51 @@ class SamplerSpec:
   def check(self, base: diff.GaussianDiffusion) -> None:
     """Raises ValueError when the sampler cannot run on `base` (e.g. more steps than it has)."""
     if self.is_solver:
-      diff.solver_plan(base, self.name, self.steps, time_schedule=self.time_schedule,
-                       **self.solver_options())
+      diff.solver_plan(
+        base, self.name, self.steps, time_schedule=self.time_schedule, **self.solver_options()
+      )
     else:
       self.process(base)
 
   def nfe(self, base: diff.GaussianDiffusion) -> int:
     """Network evaluations per image."""
     if self.is_solver:
-      return diff.solver_plan(base, self.name, self.steps, time_schedule=self.time_schedule,
-                              **self.solver_options()).nfe
+      return diff.solver_plan(
+        base, self.name, self.steps, time_schedule=self.time_schedule, **self.solver_options()
+      ).nfe
     return self.process(base).num_timesteps
 
   def describe(self) -> str:
     if self.is_solver:
       unipc = ""
       if self.name == "unipc":
-        order = self.order or (f"{diff.unipc_default_order(self.steps)} (guided: "
-                               f"{diff.unipc_default_order(self.steps, True)})")
+        order = self.order or (
+          f"{diff.unipc_default_order(self.steps)} (guided: "
+          f"{diff.unipc_default_order(self.steps, True)})"
+        )
         unipc = f" {self.solver_options()['variant']} order {order}"
-      return (f"{self.name}{unipc}, {self.steps} network evaluations, {self.time_schedule} time "
-              f"schedule" + (", dynamic thresholding" if self.thresholding else ""))
+      return (
+        f"{self.name}{unipc}, {self.steps} network evaluations, {self.time_schedule} time "
+        f"schedule" + (", dynamic thresholding" if self.thresholding else "")
+      )
     extra = f", eta {self.eta}" if self.name == "ddim" and self.eta else ""
     return f"{self.name} over respacing {self.respacing!r}{extra}"
 
 
-def make_sample_fn(apply_fn: Callable, base: diff.GaussianDiffusion, image_shape,
-                   sampler: SamplerSpec, *, class_cond: bool = False, cfg_scale: float = 0.0,
-                   null_label: int = -1, classifier_fn: Optional[Callable] = None,
-                   classifier_scale: float = 0.0, clip_denoised: bool = True,
-                   out_shardings=None):
+def make_sample_fn(
+  apply_fn: Callable,
+  base: diff.GaussianDiffusion,
+  image_shape,
+  sampler: SamplerSpec,
+  *,
+  class_cond: bool = False,
+  cfg_scale: float = 0.0,
+  null_label: int = -1,
+  classifier_fn: Optional[Callable] = None,
+  classifier_scale: float = 0.0,
+  clip_denoised: bool = True,
+  out_shardings=None,
+):
   """A jitted sampler fn(params, key, labels[, classifier_params, model_kwargs]) -> [B, H, W, C].
 
   apply_fn(params, x, t, y, **model_kwargs) -> network output (model_kwargs: e.g. the
@@ -154,8 +179,10 @@ def make_sample_fn(apply_fn: Callable, base: diff.GaussianDiffusion, image_shape
   classifier_fn(classifier_params, x, t) -> logits turns on classifier guidance.
   """
   if cfg_scale < 0 or classifier_scale < 0:
-    raise ValueError(f"guidance scales must be >= 0, got cfg_scale={cfg_scale}, "
-                     f"classifier_scale={classifier_scale}")
+    raise ValueError(
+      f"guidance scales must be >= 0, got cfg_scale={cfg_scale}, "
+      f"classifier_scale={classifier_scale}"
+    )
   if cfg_scale and not class_cond:
     raise ValueError("classifier-free guidance (cfg_scale > 0) needs a class-conditional model")
   sampler.check(base)  # bad steps / schedules fail here, before anything is traced
@@ -164,21 +191,32 @@ def make_sample_fn(apply_fn: Callable, base: diff.GaussianDiffusion, image_shape
   def run(params, key, labels, classifier_params=None, model_kwargs=None):
     def model_fn(x, t, y=None, **kw):
       return apply_fn(params, x, t, y if class_cond else None, **kw)
+
     if cfg_scale:
       model_fn = guidance.classifier_free_model_fn(model_fn, cfg_scale, null_label)
     cond_fn = None
     if classifier_fn is not None and classifier_scale:
       cond_fn = guidance.classifier_cond_fn(
-          lambda x, t: classifier_fn(classifier_params, x, t), classifier_scale)
+        lambda x, t: classifier_fn(classifier_params, x, t), classifier_scale
+      )
     shape = (labels.shape[0],) + tuple(image_shape)
-    kwargs = dict(clip_denoised=clip_denoised, cond_fn=cond_fn,
-                  model_kwargs=dict(model_kwargs or {}, y=labels))
+    kwargs = dict(
+      clip_denoised=clip_denoised, cond_fn=cond_fn, model_kwargs=dict(model_kwargs or {}, y=labels)
+    )
     if sampler.is_solver:
       guided = bool(cfg_scale) or cond_fn is not None
-      return diff.solver_sample_loop(process, model_fn, shape, key, solver=sampler.name,
-                                     steps=sampler.steps, time_schedule=sampler.time_schedule,
-                                     thresholding=sampler.thresholding,
-                                     **sampler.solver_options(guided), **kwargs)
+      return diff.solver_sample_loop(
+        process,
+        model_fn,
+        shape,
+        key,
+        solver=sampler.name,
+        steps=sampler.steps,
+        time_schedule=sampler.time_schedule,
+        thresholding=sampler.thresholding,
+        **sampler.solver_options(guided),
+        **kwargs,
+      )
     if sampler.name == "ddim":
       return diff.ddim_sample_loop(process, model_fn, shape, key, eta=sampler.eta, **kwargs)
     return diff.p_sample_loop(process, model_fn, shape, key, **kwargs)

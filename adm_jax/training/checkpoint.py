@@ -11,6 +11,7 @@ reads the newest checkpoint in full and, if it is damaged (missing or garbled fi
 truncated metadata, contents that differ from the fingerprint, non-finite values), moves it
 aside to checkpoints/damaged/<step> (never deleting it) and falls back to the next newest.
 """
+
 import contextlib
 import logging
 import os
@@ -38,12 +39,12 @@ class Checkpointer:
   """Thin wrapper over ocp.CheckpointManager for one workdir's train state."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True, create: bool = True):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                           enable_async_checkpointing=async_save)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=create, enable_async_checkpointing=async_save
+    )
     self.directory = directory
     self._pending = None  # (step, bytes) of the newest save, until it is known to be complete
-    self.manager = ocp.CheckpointManager(directory, options=options,
-                                         item_names=("state", "meta"))
+    self.manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -61,14 +62,17 @@ class Checkpointer:
     self.wait()  # the previous background save: its error (a full disk) is its own
     self._pending = (int(step), tree_bytes(tree))
     with self._out_of_space_check():
-      self.manager.save(int(step), args=ocp.args.Composite(
-          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+      self.manager.save(
+        int(step),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+      )
 
   def restore(self, step: int, target: Any) -> Any:
     """Restores into the structure, dtypes and shardings of `target` (abstract or concrete)."""
     abstract = jax.tree.map(_as_abstract, flax.serialization.to_state_dict(target))
-    restored = self.manager.restore(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
+    restored = self.manager.restore(
+      int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    )
     return flax.serialization.from_state_dict(target, restored["state"])
 
   def restore_part(self, step: int, target: Dict[str, Any]) -> Dict[str, Any]:
@@ -76,9 +80,16 @@ class Checkpointer:
     {'ema_params': {'0': abstract params}}: nothing else is read); ValueError when they differ
     from what was saved (fingerprint) or hold NaN / inf."""
     abstract = jax.tree.map(_as_abstract, target)
-    restored = self.manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=True)))["state"]
+    restored = self.manager.restore(
+      int(step),
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item=abstract,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True,
+        )
+      ),
+    )["state"]
     saved = self.restore_meta(step).get("fingerprint") or {}
     now = fingerprint(restored)
     changed = [path for path, value in now.items() if path in saved and saved[path] != value]
@@ -93,9 +104,9 @@ class Checkpointer:
     restored = self.manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
 
-  def restore_newest(self, target: Any,
-                     check_meta: Optional[Callable[[Dict[str, Any]], None]] = None
-                     ) -> Tuple[Any, Optional[int], Optional[Dict[str, Any]]]:
+  def restore_newest(
+    self, target: Any, check_meta: Optional[Callable[[Dict[str, Any]], None]] = None
+  ) -> Tuple[Any, Optional[int], Optional[Dict[str, Any]]]:
     """(state, step, meta) of the newest readable checkpoint, or (None, None, None) if none.
 
     check_meta(meta) may raise (e.g. a checkpoint of another configuration): that error
@@ -115,21 +126,25 @@ class Checkpointer:
         state = self.restore(step, target)
         changed = fingerprint_mismatches(meta.get("fingerprint"), state)
         if changed:
-          raise ValueError(f"contents differ from what was saved in {changed[0]}"
-                           + (f" and {len(changed) - 1} more" if len(changed) > 1 else ""))
+          raise ValueError(
+            f"contents differ from what was saved in {changed[0]}"
+            + (f" and {len(changed) - 1} more" if len(changed) > 1 else "")
+          )
         bad = nonfinite_leaves(state)
         if bad:
-          raise ValueError(f"non-finite values in {bad[0]}" + (f" and {len(bad) - 1} more"
-                                                               if len(bad) > 1 else ""))
+          raise ValueError(
+            f"non-finite values in {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+          )
       except Exception as e:  # pylint: disable=broad-except
         damaged.append(self._set_aside(step, _short(e)))
         continue
       return state, step, meta
     if damaged:
       raise NoUsableCheckpointError(
-          f"no usable checkpoint in {self.directory}: {'; '.join(damaged)}. They were moved to "
-          f"{os.path.join(self.directory, DAMAGED_DIR)}; remove them or restore a copy to resume "
-          "(or use a new --workdir to start over)")
+        f"no usable checkpoint in {self.directory}: {'; '.join(damaged)}. They were moved to "
+        f"{os.path.join(self.directory, DAMAGED_DIR)}; remove them or restore a copy to resume "
+        "(or use a new --workdir to start over)"
+      )
     return None, None, None
 
   def _set_aside(self, step: int, reason: str) -> str:
@@ -144,8 +159,13 @@ class Checkpointer:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.move(source, target)
     self.manager.reload()
-    log.warning("checkpoint step %d in %s is damaged (%s): moved to %s; trying the next newest",
-                step, self.directory, reason, target)
+    log.warning(
+      "checkpoint step %d in %s is damaged (%s): moved to %s; trying the next newest",
+      step,
+      self.directory,
+      reason,
+      target,
+    )
     return f"step {step} ({reason})"
 
   def wait(self) -> None:
@@ -174,16 +194,21 @@ class Checkpointer:
         if name.startswith(f"{step}.orbax-checkpoint-tmp"):
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
       newest = max((s for s in self.manager.all_steps() if s != step), default=None)
-      resume = (f"it resumes from checkpoint step {newest}" if newest is not None
-                else "no checkpoint was complete yet: it starts again")
-      raise files.out_of_space(os.path.join(self.directory, str(step)),
-                               f"checkpoint step {step}", needed, resume) from e
+      resume = (
+        f"it resumes from checkpoint step {newest}"
+        if newest is not None
+        else "no checkpoint was complete yet: it starts again"
+      )
+      raise files.out_of_space(
+        os.path.join(self.directory, str(step)), f"checkpoint step {step}", needed, resume
+      ) from e
 
 
 def tree_bytes(tree: Any) -> int:
   """Bytes of the array leaves of a tree (what a checkpoint of it needs, uncompressed)."""
-  return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree)
-                 if hasattr(leaf, "dtype")))
+  return int(
+    sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree) if hasattr(leaf, "dtype"))
+  )
 
 
 def _short(error: Exception, limit: int = 200) -> str:
@@ -199,8 +224,9 @@ def _bit_sum(leaf):
   width = x.dtype.itemsize
   if width not in (1, 2, 4, 8):
     return jnp.zeros((), jnp.uint32)
-  as_uint = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32,
-                                             8: jnp.uint32}[width])
+  as_uint = jax.lax.bitcast_convert_type(
+    x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[width]
+  )
   return jnp.sum(as_uint.astype(jnp.uint32), dtype=jnp.uint32)
 
 
@@ -209,8 +235,11 @@ _fingerprint_fn = jax.jit(lambda leaves: [_bit_sum(leaf) for leaf in leaves])
 
 def fingerprint(tree: Any) -> Dict[str, int]:
   """{leaf path: bit-pattern sum mod 2^32} of the array leaves of a (state dict) tree."""
-  flat = [(jax.tree_util.keystr(path), leaf)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "dtype")]
+  flat = [
+    (jax.tree_util.keystr(path), leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    if hasattr(leaf, "dtype")
+  ]
   if not flat:
     return {}
   sums = jax.device_get(_fingerprint_fn([leaf for _, leaf in flat]))
@@ -230,7 +259,9 @@ def nonfinite_leaves(tree: Any) -> List[str]:
   bad = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     value = np.asarray(jax.device_get(leaf)) if hasattr(leaf, "shape") else None
-    if value is not None and np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+    if (
+      value is not None and np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all()
+    ):
       bad.append(jax.tree_util.keystr(path))
   return bad
 

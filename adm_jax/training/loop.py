@@ -1,13 +1,15 @@
 """The one training loop, shared by the diffusion model and the noisy classifier.
 
 `run(spec)`: restore the newest usable checkpoint of the same run (damaged ones are moved
-aside; another run's is refused) or initialise (a finished run returns at once, saying so) → for each step: global batch → jitted train step →
+aside; another run's is refused) or initialise (a finished run returns at once, saying so) →
+for each step: global batch → jitted train step →
 progress bar, JSON-lines metrics (+ TensorBoard), the NaN / Inf check, periodic hooks
 (sample grids, validation), orbax checkpoints and metric plots. SIGTERM / SIGINT (and a
 multi-host preemption notice) finish the current step, save a checkpoint and return. What
 differs between the two models — the state, the step, the data, the hooks — comes in the
 `LoopSpec` (built by adm_jax.experiment).
 """
+
 import contextlib
 import dataclasses
 import json
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 class Hook:
   """fn(step, state, batch) -> {name: scalar} (written as metrics) or None, every `every` steps
   (and after the last step when `at_end`)."""
+
   name: str
   every: int
   fn: Callable[[int, Any, Dict[str, Any]], Optional[Dict[str, float]]]
@@ -44,15 +47,16 @@ class Hook:
 @dataclasses.dataclass
 class LoopSpec:
   """Everything `run` needs; see adm_jax.experiment for how the two models fill it in."""
-  name: str                                  # the mode: "train" or "train_classifier"
-  directory: str                             # metrics.jsonl, checkpoints/ and plots/ go here
-  init_state: Callable[[], Any]              # the initial (sharded) state
-  abstract_state: Any                        # restore target: ShapeDtypeStructs with shardings
+
+  name: str  # the mode: "train" or "train_classifier"
+  directory: str  # metrics.jsonl, checkpoints/ and plots/ go here
+  init_state: Callable[[], Any]  # the initial (sharded) state
+  abstract_state: Any  # restore target: ShapeDtypeStructs with shardings
   train_step: Callable[[Any, Dict[str, Any]], Any]  # (state, global batch) -> (state, metrics)
   batches: Callable[[int], Iterator[Dict[str, Any]]]  # start step -> host-local batches
   mesh: Any
   num_steps: int
-  batch_size: int                            # global images per step (for images/s)
+  batch_size: int  # global images per step (for images/s)
   log_every: int
   checkpoint_every: int
   keep_checkpoints: int = 3
@@ -62,11 +66,11 @@ class LoopSpec:
   meta: Dict[str, Any] = dataclasses.field(default_factory=dict)  # saved with every checkpoint
   # What must not change on resume: {dotted key: value}; see experiment.run_identity.
   identity: Dict[str, Any] = dataclasses.field(default_factory=dict)
-  allow_identity_change: bool = False        # resume even when the identity differs (logged)
+  allow_identity_change: bool = False  # resume even when the identity differs (logged)
   hooks: Sequence[Hook] = ()
   postfix: Callable[[Dict[str, float]], Dict[str, str]] = lambda summary: {}
-  plot_keys: Sequence[str] = ("loss",)       # metrics drawn in plots/metrics.png
-  label: str = "train"                       # progress-bar label
+  plot_keys: Sequence[str] = ("loss",)  # metrics drawn in plots/metrics.png
+  label: str = "train"  # progress-bar label
 
 
 def identity_check(spec: LoopSpec) -> Callable[[Dict[str, Any]], None]:
@@ -77,18 +81,23 @@ def identity_check(spec: LoopSpec) -> Callable[[Dict[str, Any]], None]:
     if saved is None:  # written before identities were recorded: what its config says
       saved = {k: ckpt_lib.lookup(meta.get("config", {}), k) for k in spec.identity}
       saved = {k: v for k, v in saved.items() if v is not None}
-    diffs = [f"{k}: checkpoint {saved[k]!r} != config {v!r}" for k, v in spec.identity.items()
-             if k in saved and _canonical(saved[k]) != _canonical(v)]
+    diffs = [
+      f"{k}: checkpoint {saved[k]!r} != config {v!r}"
+      for k, v in spec.identity.items()
+      if k in saved and _canonical(saved[k]) != _canonical(v)
+    ]
     if not diffs:
       return
     if spec.allow_identity_change:
-      log.warning("resuming although the run changed (train.allow_config_change): %s",
-                  "; ".join(diffs))
+      log.warning(
+        "resuming although the run changed (train.allow_config_change): %s", "; ".join(diffs)
+      )
       return
     raise ValueError(
-        f"{spec.directory} holds a checkpoint of another run ({'; '.join(diffs[:6])}"
-        f"{'; ...' if len(diffs) > 6 else ''}); use a new --workdir, the same settings, or "
-        "--config.train.allow_config_change=True to resume anyway")
+      f"{spec.directory} holds a checkpoint of another run ({'; '.join(diffs[:6])}"
+      f"{'; ...' if len(diffs) > 6 else ''}); use a new --workdir, the same settings, or "
+      "--config.train.allow_config_change=True to resume anyway"
+    )
 
   return check
 
@@ -125,8 +134,10 @@ class StopRequest:
     if self.signal is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signal = signal.Signals(signum).name
-    log.warning("%s received: finishing this step and saving a checkpoint (Ctrl-C again to "
-                "stop at once)", self.signal)
+    log.warning(
+      "%s received: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)",
+      self.signal,
+    )
 
 
 def run(spec: LoopSpec) -> report_lib.RunReport:
@@ -143,9 +154,11 @@ def run(spec: LoopSpec) -> report_lib.RunReport:
 
 def _run(spec: LoopSpec) -> report_lib.RunReport:
   report = report_lib.RunReport(spec.name, directory=spec.directory)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(spec.directory, "checkpoints"),
-                                       keep=spec.keep_checkpoints,
-                                       async_save=spec.async_checkpoint)
+  checkpointer = ckpt_lib.Checkpointer(
+    os.path.join(spec.directory, "checkpoints"),
+    keep=spec.keep_checkpoints,
+    async_save=spec.async_checkpoint,
+  )
   writer = None
   try:
     latest = checkpointer.latest_step()
@@ -154,8 +167,10 @@ def _run(spec: LoopSpec) -> report_lib.RunReport:
       identity_check(spec)(latest_meta)
       report.status, report.step = report_lib.ALREADY_FINISHED, latest
       report.metrics = metrics_lib.last_record(os.path.join(spec.directory, "metrics.jsonl"))
-      report.notes.append(f"the newest checkpoint is step {latest} of {spec.num_steps}; raise the "
-                          "number of steps to train further (the run resumes there)")
+      report.notes.append(
+        f"the newest checkpoint is step {latest} of {spec.num_steps}; raise the "
+        "number of steps to train further (the run resumes there)"
+      )
       report.outputs["checkpoints"] = checkpointer.directory
       return report
     state, start, _ = checkpointer.restore_newest(spec.abstract_state, identity_check(spec))
@@ -163,12 +178,21 @@ def _run(spec: LoopSpec) -> report_lib.RunReport:
       state, start = spec.init_state(), 0
     else:
       ckpt_lib.log_restore(start, checkpointer.directory)
-    writer = metrics_lib.MetricWriter(spec.directory, tensorboard=spec.tensorboard,
-                                      resume_step=start)
+    writer = metrics_lib.MetricWriter(
+      spec.directory, tensorboard=spec.tensorboard, resume_step=start
+    )
     stop = StopRequest()
     with stop.installed(jax.process_count() > 1):
-      report = _train(spec, state, start, checkpointer, writer, stop, report,
-                      dict(spec.meta, identity=spec.identity))
+      report = _train(
+        spec,
+        state,
+        start,
+        checkpointer,
+        writer,
+        stop,
+        report,
+        dict(spec.meta, identity=spec.identity),
+      )
     return report
   finally:
     checkpointer.close()
@@ -190,8 +214,14 @@ def _train(spec, state, start, checkpointer, writer, stop, report, save_meta):
   history: List[Dict[str, Any]] = []
   summary: Dict[str, float] = {}
   window_start, window_step = time.perf_counter(), start
-  bar = tqdm.tqdm(total=spec.num_steps, initial=start, desc=spec.label, unit="step",
-                  disable=not spec.progress or jax.process_index() != 0, dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=spec.num_steps,
+    initial=start,
+    desc=spec.label,
+    unit="step",
+    disable=not spec.progress or jax.process_index() != 0,
+    dynamic_ncols=True,
+  )
   done = start
   try:
     for step in range(start, spec.num_steps):
@@ -229,8 +259,10 @@ def _train(spec, state, start, checkpointer, writer, stop, report, save_meta):
       if stopping and not is_last:
         report.status = report_lib.PREEMPTED
         report.stopped_by = stop.signal or "preemption notice"
-        report.notes.append(f"stopped by {stop.signal or 'a preemption notice'} after step "
-                            f"{done}; run the same command to resume")
+        report.notes.append(
+          f"stopped by {stop.signal or 'a preemption notice'} after step "
+          f"{done}; run the same command to resume"
+        )
         break
   finally:
     bar.close()
@@ -246,7 +278,10 @@ def _train(spec, state, start, checkpointer, writer, stop, report, save_meta):
 def _plot(spec: LoopSpec, report) -> None:
   if jax.process_index() != 0:
     return
-  path = plots.plot_metrics(os.path.join(spec.directory, "metrics.jsonl"),
-                            os.path.join(spec.directory, "plots", "metrics.png"), spec.plot_keys)
+  path = plots.plot_metrics(
+    os.path.join(spec.directory, "metrics.jsonl"),
+    os.path.join(spec.directory, "plots", "metrics.png"),
+    spec.plot_keys,
+  )
   if path:
     report.outputs["plot"] = path

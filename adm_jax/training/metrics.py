@@ -4,6 +4,7 @@ On resume at step s, rows of steps after s (written by a run that was interrupte
 next checkpoint) move to `metrics.superseded.jsonl`, so that every step appears once in
 metrics.jsonl and nothing is deleted.
 """
+
 import importlib.util
 import json
 import logging
@@ -26,8 +27,13 @@ class MetricWriter:
   Only process 0 writes; other processes get a writer that does nothing.
   """
 
-  def __init__(self, workdir: str, filename: str = "metrics.jsonl", tensorboard: bool = True,
-               resume_step: Optional[int] = None):
+  def __init__(
+    self,
+    workdir: str,
+    filename: str = "metrics.jsonl",
+    tensorboard: bool = True,
+    resume_step: Optional[int] = None,
+  ):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, filename)
     self._tb = None
@@ -39,8 +45,10 @@ class MetricWriter:
     if tensorboard and importlib.util.find_spec("tensorflow") is not None:
       try:
         from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
-        self._tb = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
-                                                         just_logging=False)
+
+        self._tb = metric_writers.create_default_writer(
+          os.path.join(workdir, "tensorboard"), just_logging=False
+        )
       except Exception as e:  # pylint: disable=broad-except
         log.warning("TensorBoard writer unavailable: %s", e)
 
@@ -49,8 +57,9 @@ class MetricWriter:
       return
     record = {"step": int(step), "time": time.time()}
     record.update({k: float(v) for k, v in scalars.items()})
-    files.append_line(self.path, json.dumps(record), "a metrics row",
-                      resume="it resumes from the newest checkpoint")
+    files.append_line(
+      self.path, json.dumps(record), "a metrics row", resume="it resumes from the newest checkpoint"
+    )
     if self._tb is not None:
       self._tb.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
 
@@ -74,7 +83,8 @@ def last_record(path: str) -> Dict[str, Any]:
 
 
 def supersede_after(path: str, step: int) -> int:
-  """Moves the rows of steps > `step` to metrics.superseded.jsonl beside `path`; returns how many."""
+  """Moves the rows of steps > `step` to metrics.superseded.jsonl beside `path`; returns their
+  number."""
   if not os.path.exists(path):
     return 0
   with open(path) as f:
@@ -89,6 +99,7 @@ def supersede_after(path: str, step: int) -> int:
   with open(tmp, "w") as f:
     f.writelines(keep)
   os.replace(tmp, path)
-  log.info("resuming at step %d: %d metric rows of later steps moved to %s", step, len(moved),
-           SUPERSEDED)
+  log.info(
+    "resuming at step %d: %d metric rows of later steps moved to %s", step, len(moved), SUPERSEDED
+  )
   return len(moved)

@@ -5,6 +5,7 @@ batch), noise, optional label dropout for classifier-free guidance, the Improved
 losses, gradients accumulated over microbatches, AdamW, EMA, all behind the shared guard
 of `update.guarded_update` (a non-finite loss or gradient skips the update and is reported).
 """
+
 from typing import Callable, Dict, Optional, Sequence
 
 import jax
@@ -17,11 +18,22 @@ from adm_jax.training import update
 from adm_jax.training.state import TrainState
 
 
-def make_train_step(apply_fn: Callable, diffusion: diff.GaussianDiffusion, sampler,
-                    tx: optax.GradientTransformation, ema_rates: Sequence[float], *,
-                    microbatches: int = 1, p_uncond: float = 0.0, null_label: int = -1,
-                    class_cond: bool = False, mesh=None, state_shardings=None,
-                    donate: bool = True, model_kwargs_fn: Optional[Callable] = None):
+def make_train_step(
+  apply_fn: Callable,
+  diffusion: diff.GaussianDiffusion,
+  sampler,
+  tx: optax.GradientTransformation,
+  ema_rates: Sequence[float],
+  *,
+  microbatches: int = 1,
+  p_uncond: float = 0.0,
+  null_label: int = -1,
+  class_cond: bool = False,
+  mesh=None,
+  state_shardings=None,
+  donate: bool = True,
+  model_kwargs_fn: Optional[Callable] = None,
+):
   """Returns train_step(state, batch) -> (state, metrics), jitted over the mesh.
 
   apply_fn(params, x, t, y, rng, train, **kw) -> network output [B, H, W, C_out]. batch
@@ -51,11 +63,21 @@ def make_train_step(apply_fn: Callable, diffusion: diff.GaussianDiffusion, sampl
     # example sees the same ones whatever the split.
     inputs = {"image": images, "label": labels, "t": t, "weights": weights, "noise": noise}
     (loss, terms), grads = update.value_and_grad(
-        loss_fn, state.params, inputs, dropout_key, microbatches,
-        grad_shardings=state_shardings.params if state_shardings is not None else None)
+      loss_fn,
+      state.params,
+      inputs,
+      dropout_key,
+      microbatches,
+      grad_shardings=state_shardings.params if state_shardings is not None else None,
+    )
     new, metrics = update.guarded_update(
-        state, grads, loss, tx, ema_rates,
-        sampler_update=lambda s: sampler.update(s, t, terms["loss"]))
+      state,
+      grads,
+      loss,
+      tx,
+      ema_rates,
+      sampler_update=lambda s: sampler.update(s, t, terms["loss"]),
+    )
     metrics["weighted_loss"] = loss
     metrics.update(update.quartile_metrics(terms, t, diffusion.num_timesteps))
     return new, metrics
@@ -72,5 +94,6 @@ def jit_step(step_fn: Callable, mesh, state_shardings, donate: bool = True, trai
   batch_sh = shd.batch_sharding(mesh)
   in_shardings = (state_shardings, {"image": batch_sh, "label": batch_sh})
   out = (state_shardings, shd.replicated(mesh)) if train else shd.replicated(mesh)
-  return jax.jit(step_fn, in_shardings=in_shardings, out_shardings=out,
-                 donate_argnums=donate_argnums)
+  return jax.jit(
+    step_fn, in_shardings=in_shardings, out_shardings=out, donate_argnums=donate_argnums
+  )

@@ -6,6 +6,7 @@ they were for that step (reported as `nonfinite`), so the loop can stop with the
 checkpoint; `state_nonfinite` reports a state that became non-finite (e.g. an absurd learning
 rate), which the loop never saves.
 """
+
 import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -53,8 +54,10 @@ def microbatch_count(batch: int, microbatch: Optional[int], devices: int = 1) ->
     raise ValueError(f"a microbatch of {microbatch} must divide the batch of {batch}")
   count = batch // microbatch
   if (batch // devices) % count:
-    raise ValueError(f"a microbatch of {microbatch}: each device's share of the batch "
-                     f"({batch // devices}) must split into {count} microbatches")
+    raise ValueError(
+      f"a microbatch of {microbatch}: each device's share of the batch "
+      f"({batch // devices}) must split into {count} microbatches"
+    )
   return count
 
 
@@ -64,14 +67,17 @@ def _split_microbatches(tree, num_micro: int):
   Rows stay on the device that holds them (each device's contiguous block splits evenly),
   so no data moves between devices.
   """
+
   def split(a):
     a = a.reshape((a.shape[0] // num_micro, num_micro) + a.shape[1:])
     return jnp.swapaxes(a, 0, 1)
+
   return jax.tree.map(split, tree)
 
 
-def value_and_grad(loss_fn: Callable, params, per_example, key, microbatches: int = 1,
-                   grad_shardings=None):
+def value_and_grad(
+  loss_fn: Callable, params, per_example, key, microbatches: int = 1, grad_shardings=None
+):
   """((mean loss, per-example terms [B]), grads) of loss_fn(params, per_example, key).
 
   loss_fn returns (scalar mean loss, {name: [B]}). With microbatches > 1 the per-example
@@ -81,8 +87,11 @@ def value_and_grad(loss_fn: Callable, params, per_example, key, microbatches: in
   they exist, so that with FSDP the compiled step reduce-scatters each gradient to its shard
   (and accumulates microbatches shard by shard) instead of all-reducing full gradients.
   """
-  constrain = ((lambda g: jax.lax.with_sharding_constraint(g, grad_shardings))
-               if grad_shardings is not None else (lambda g: g))
+  constrain = (
+    (lambda g: jax.lax.with_sharding_constraint(g, grad_shardings))
+    if grad_shardings is not None
+    else (lambda g: g)
+  )
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches == 1:
     value, grads = grad_fn(params, per_example, key)
@@ -100,15 +109,22 @@ def value_and_grad(loss_fn: Callable, params, per_example, key, microbatches: in
 
   zeros = constrain(jax.tree.map(jnp.zeros_like, params))
   (grads, loss), stacked = jax.lax.scan(
-      accumulate, (zeros, jnp.zeros((), jnp.float32)), (micro, jnp.arange(microbatches)))
+    accumulate, (zeros, jnp.zeros((), jnp.float32)), (micro, jnp.arange(microbatches))
+  )
   grads = jax.tree.map(lambda g: g / microbatches, grads)
   # Undo the microbatch interleaving so per-example terms line up with the batch again.
   terms = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape((batch,)), stacked)
   return (loss / microbatches, terms), grads
 
 
-def guarded_update(state, grads, loss, tx: optax.GradientTransformation,
-                   ema_rates: Sequence[float] = (), sampler_update: Optional[Callable] = None):
+def guarded_update(
+  state,
+  grads,
+  loss,
+  tx: optax.GradientTransformation,
+  ema_rates: Sequence[float] = (),
+  sampler_update: Optional[Callable] = None,
+):
   """(new state, metrics) of one optimizer step, skipped when the loss or gradient is not finite.
 
   sampler_update(sampler_state) -> the timestep sampler's next state (diffusion only).
@@ -125,8 +141,12 @@ def guarded_update(state, grads, loss, tx: optax.GradientTransformation,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     sampler_state = sampler_update(state.sampler_state) if sampler_update else state.sampler_state
-    return (params, state_lib.update_ema(state.ema_params, params, ema_rates), opt_state,
-            sampler_state)
+    return (
+      params,
+      state_lib.update_ema(state.ema_params, params, ema_rates),
+      opt_state,
+      sampler_state,
+    )
 
   def keep_state(_):
     return state.params, state.ema_params, state.opt_state, state.sampler_state
@@ -135,13 +155,22 @@ def guarded_update(state, grads, loss, tx: optax.GradientTransformation,
   # buffers in place instead of first copying every parameter, EMA and optimizer buffer
   # (measured: -4% on the bench32 train step on 2 CPU cores, 1166 -> 16 copies).
   params, ema_params, opt_state, sampler_state = jax.lax.cond(
-      finite, apply_update, keep_state, None)
-  new = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
-                      opt_state=opt_state, sampler_state=sampler_state)
+    finite, apply_update, keep_state, None
+  )
+  new = state.replace(
+    step=state.step + 1,
+    params=params,
+    ema_params=ema_params,
+    opt_state=opt_state,
+    sampler_state=sampler_state,
+  )
   param_norm = state_lib.global_norm(params)
-  metrics = {"grad_norm": grad_norm, "param_norm": param_norm,
-             "nonfinite": 1.0 - finite.astype(jnp.float32),
-             "state_nonfinite": 1.0 - jnp.isfinite(param_norm).astype(jnp.float32)}
+  metrics = {
+    "grad_norm": grad_norm,
+    "param_norm": param_norm,
+    "nonfinite": 1.0 - finite.astype(jnp.float32),
+    "state_nonfinite": 1.0 - jnp.isfinite(param_norm).astype(jnp.float32),
+  }
   return new, metrics
 
 
@@ -178,11 +207,15 @@ def check_finite(history, first_step: int, last_good: Optional[int], directory: 
   for i, h in enumerate(history):
     bad_loss = float(h["nonfinite"]) > 0
     if bad_loss or float(h.get("state_nonfinite", 0.0)) > 0:
-      what = ("non-finite loss or gradient" if bad_loss else
-              "non-finite parameters, EMA or optimizer state after the update")
+      what = (
+        "non-finite loss or gradient"
+        if bad_loss
+        else "non-finite parameters, EMA or optimizer state after the update"
+      )
       where = first_step + i + 1
       kept = f"step {last_good}" if last_good is not None else "none"
       raise NonFiniteLossError(
-          f"{what} at step {where}; training stopped and nothing after it was saved: the last "
-          f"good checkpoint ({kept}) is kept in {os.path.join(directory, 'checkpoints')}. Lower "
-          "the learning rate or set a gradient clip, then run the same command to resume.")
+        f"{what} at step {where}; training stopped and nothing after it was saved: the last "
+        f"good checkpoint ({kept}) is kept in {os.path.join(directory, 'checkpoints')}. Lower "
+        "the learning rate or set a gradient clip, then run the same command to resume."
+      )

@@ -5,6 +5,7 @@ busy shared machine does not skew it. Used for experiments/RESULTS.md's loader s
 
   python tests/data/loader_gil_share.py TFDS_DATA_DIR [--images=300]
 """
+
 import argparse
 import os
 import sys
@@ -18,7 +19,8 @@ from PIL import Image  # noqa: E402
 from PIL import ImageFile  # noqa: E402
 
 from adm_jax.data import sources  # noqa: E402
-from adm_jax.data.preprocess import preprocess, to_float  # noqa: E402
+from adm_jax.data.preprocess import preprocess  # noqa: E402
+from adm_jax.data.preprocess import to_float  # noqa: E402
 
 
 def share(source, images: int, size: int) -> dict:
@@ -33,6 +35,7 @@ def share(source, images: int, size: int) -> dict:
         return fn(*args, **kwargs)
       finally:
         inside[0] += time.thread_time() - start
+
     return wrapper
 
   ImageFile.ImageFile.load, Image.Image.resize, Image.Image.convert = map(timed, originals)
@@ -45,8 +48,11 @@ def share(source, images: int, size: int) -> dict:
     total = time.thread_time() - start
   finally:
     ImageFile.ImageFile.load, Image.Image.resize, Image.Image.convert = originals
-  return {"image_size": size, "cpu_ms_per_image": round(1e3 * total / images, 2),
-          "pillow_c_share": round(inside[0] / total, 3)}
+  return {
+    "image_size": size,
+    "cpu_ms_per_image": round(1e3 * total / images, 2),
+    "pillow_c_share": round(inside[0] / total, 3),
+  }
 
 
 def main():

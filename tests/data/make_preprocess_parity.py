@@ -22,6 +22,7 @@ Stored:
                                                           for the side, then y, then x
   pil_version, reference_commit                           what produced them
 """
+
 import io
 import os
 import random
@@ -58,8 +59,13 @@ def reference_module():
         sys.modules[name] = stub
   sys.path.insert(0, ref)
   from guided_diffusion import image_datasets  # pylint: disable=g-import-not-at-top
-  commit = os.environ.get("GD_REF_COMMIT") or subprocess.run(
-      ["git", "-C", ref, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+  commit = (
+    os.environ.get("GD_REF_COMMIT")
+    or subprocess.run(
+      ["git", "-C", ref, "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+  )
   return image_datasets, commit
 
 
@@ -118,25 +124,32 @@ def main():
   recorder = RecordingRandom(0)
   image_datasets.random = recorder
   jpegs = [parity_jpeg(w, h, gray, i) for i, (w, h, gray) in enumerate(imagenet_standin.SIZES)]
-  out = {"sizes": np.asarray(SIZES), "pil_version": np.asarray(PIL.__version__),
-         "reference_commit": np.asarray(commit),
-         "jpeg_bytes": np.frombuffer(b"".join(jpegs), np.uint8),
-         "jpeg_offsets": np.cumsum([0] + [len(j) for j in jpegs]),
-         "jpeg_sizes": np.asarray([s[:2] for s in imagenet_standin.SIZES])}
+  out = {
+    "sizes": np.asarray(SIZES),
+    "pil_version": np.asarray(PIL.__version__),
+    "reference_commit": np.asarray(commit),
+    "jpeg_bytes": np.frombuffer(b"".join(jpegs), np.uint8),
+    "jpeg_offsets": np.cumsum([0] + [len(j) for j in jpegs]),
+    "jpeg_sizes": np.asarray([s[:2] for s in imagenet_standin.SIZES]),
+  }
   for i, jpeg in enumerate(jpegs):
     for size in SIZES:
+
       def read():
         image = Image.open(io.BytesIO(jpeg))
         image.load()
         return image.convert("RGB")
+
       out[f"center_{i}_{size}"] = as_differences(image_datasets.center_crop_arr(read(), size))
       first = len(recorder.calls)
       out[f"random_{i}_{size}"] = as_differences(image_datasets.random_crop_arr(read(), size))
       out[f"draws_{i}_{size}"] = np.asarray(recorder.calls[first:], np.int64)
       assert out[f"draws_{i}_{size}"].shape == (3, 3), recorder.calls[first:]
   np.savez_compressed(OUT, **out)
-  print(f"wrote {OUT}: {os.path.getsize(OUT) / 1e3:.0f} kB, {len(jpegs)} JPEGs x {SIZES}, "
-        f"PIL {PIL.__version__}, reference {commit}")
+  print(
+    f"wrote {OUT}: {os.path.getsize(OUT) / 1e3:.0f} kB, {len(jpegs)} JPEGs x {SIZES}, "
+    f"PIL {PIL.__version__}, reference {commit}"
+  )
 
 
 if __name__ == "__main__":

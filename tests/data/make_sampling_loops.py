@@ -17,13 +17,15 @@ Stored (NCHW float32, batch 2, 32x32):
   gancestral_25          ancestral sampling over respacing "25" with classifier guidance, the
                          i-th step (t = 999 first) drawing the i-th slice of that noise
 """
+
 import os
 import sys
 
 import numpy as np
 
-HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
-                       "ref-harness")
+HARNESS = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "ref-harness"
+)
 FIXTURE = os.path.join(HARNESS, "..", "fixtures", "gd_tiny_cond")
 sys.path.insert(0, HARNESS)
 
@@ -45,16 +47,23 @@ def main():
   classifier.load_state_dict(th.load(os.path.join(FIXTURE, "classifier.pt")))
   classifier.eval()
 
-  for name, respacing, guided, sampler in [("ddim_ddim25", "ddim25", False, "ddim"),
-                                           ("ddim_50", "50", False, "ddim"),
-                                           ("gddim_ddim25", "ddim25", True, "ddim"),
-                                           ("gancestral_25", "25", True, "ancestral")]:
+  for name, respacing, guided, sampler in [
+    ("ddim_ddim25", "ddim25", False, "ddim"),
+    ("ddim_50", "50", False, "ddim"),
+    ("gddim_ddim25", "ddim25", True, "ddim"),
+    ("gancestral_25", "25", True, "ancestral"),
+  ]:
     model, diffusion = build.build_model_and_diffusion(cfg, timestep_respacing=respacing)
     model.load_state_dict(th.load(os.path.join(FIXTURE, "unet.pt")))
     model.eval()
     cond_fn, model_fn = build.make_guidance_fns(model, classifier, True, cfg["classifier_scale"])
-    kwargs = dict(noise=th.from_numpy(x_t), clip_denoised=True, model_kwargs={"y": th.from_numpy(y)},
-                  device=th.device("cpu"), cond_fn=cond_fn if guided else None)
+    kwargs = dict(
+      noise=th.from_numpy(x_t),
+      clip_denoised=True,
+      model_kwargs={"y": th.from_numpy(y)},
+      device=th.device("cpu"),
+      cond_fn=cond_fn if guided else None,
+    )
     with th.no_grad():
       if sampler == "ddim":
         sample = diffusion.ddim_sample_loop(model_fn, shape, eta=0.0, **kwargs)

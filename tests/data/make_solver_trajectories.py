@@ -57,13 +57,15 @@ Stored (NCHW float32, batch 2, 32x32; 'states' = x after each solver step, x_T e
   sde_native, sde_native_steps    diffusers' own 10 integer steps (+ final step 0)
   plms_native, plms_native_steps  likewise for PLMS (10 grid points, 10 network calls)
 """
+
 import os
 import sys
 
 import numpy as np
 
-HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
-                       "ref-harness")
+HARNESS = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "ref-harness"
+)
 FIXTURE = os.path.join(HARNESS, "..", "fixtures", "gd_tiny_cond")
 sys.path.insert(0, HARNESS)
 
@@ -71,8 +73,12 @@ import build  # noqa: E402  (puts the reference on sys.path)
 import torch as th  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-SCHEDULES = {"time_uniform": "time_uniform", "logsnr": "logSNR",
-             "time_quadratic": "time_quadratic", "karras": "karras"}
+SCHEDULES = {
+  "time_uniform": "time_uniform",
+  "logsnr": "logSNR",
+  "time_quadratic": "time_quadratic",
+  "karras": "karras",
+}
 DPM = {"dpmpp_2m": ("multistep", 2), "dpmpp_3m": ("multistep", 3), "dpmpp_2s": ("singlestep", 2)}
 STEPS, SHORT, NULL_LABEL, CFG_SCALE, RHO = 10, 7, 999, 3.0, 7.0
 
@@ -80,10 +86,13 @@ STEPS, SHORT, NULL_LABEL, CFG_SCALE, RHO = 10, 7, 999, 3.0, 7.0
 def import_dpm_solver():
   path = os.environ.get("DPM_SOLVER_REF", "")
   if not os.path.isfile(os.path.join(path, "dpm_solver_pytorch.py")):
-    raise SystemExit("set DPM_SOLVER_REF to a checkout of LuChengTHU/dpm-solver (commit 52bc3fb) "
-                     f"holding dpm_solver_pytorch.py; got {path!r}")
+    raise SystemExit(
+      "set DPM_SOLVER_REF to a checkout of LuChengTHU/dpm-solver (commit 52bc3fb) "
+      f"holding dpm_solver_pytorch.py; got {path!r}"
+    )
   sys.path.insert(0, os.path.abspath(path))
   import dpm_solver_pytorch  # pylint: disable=import-outside-toplevel
+
   return dpm_solver_pytorch
 
 
@@ -127,13 +136,21 @@ class References:
     """The official wrapper's eps(x, t_continuous)."""
     kw = dict(model_type="noise", model_kwargs={"y": y})
     if guided:
-      kw.update(guidance_type="classifier", condition=y, guidance_scale=self.clf_scale,
-                classifier_fn=self.log_prob)
+      kw.update(
+        guidance_type="classifier",
+        condition=y,
+        guidance_scale=self.clf_scale,
+        classifier_fn=self.log_prob,
+      )
     return self.dpm.model_wrapper(self.cfg_eps if cfg else self.eps, self.ns, **kw)
 
   def solver(self, model_fn, thresholding=False):
-    solver = self.dpm.DPM_Solver(model_fn, self.ns, algorithm_type="dpmsolver++",
-                                 correcting_x0_fn="dynamic_thresholding" if thresholding else None)
+    solver = self.dpm.DPM_Solver(
+      model_fn,
+      self.ns,
+      algorithm_type="dpmsolver++",
+      correcting_x0_fn="dynamic_thresholding" if thresholding else None,
+    )
     original, ns = solver.get_time_steps, self.ns
 
     def get_time_steps(skip_type, t_T, t_0, N, device):
@@ -151,18 +168,31 @@ class References:
 def dpm_states(ref, model_fn, name, skip, steps, x_t, thresholding=False):
   method, order = DPM[name]
   solver = ref.solver(model_fn, thresholding)
-  _, states = solver.sample(x_t.clone(), steps=steps, order=order, skip_type=skip, method=method,
-                            lower_order_final=True, return_intermediate=True)
+  _, states = solver.sample(
+    x_t.clone(),
+    steps=steps,
+    order=order,
+    skip_type=skip,
+    method=method,
+    lower_order_final=True,
+    return_intermediate=True,
+  )
   return th.stack(states[1:] if method == "multistep" else states)
 
 
 def sde_states(ref, model_fn, times, x_t, noise):
   from diffusers import DPMSolverMultistepScheduler  # pylint: disable=import-outside-toplevel
+
   steps = len(times) - 1
   sched = DPMSolverMultistepScheduler(
-      num_train_timesteps=len(ref.betas), trained_betas=ref.betas, solver_order=2,
-      algorithm_type="sde-dpmsolver++", solver_type="midpoint", lower_order_final=steps < 10,
-      final_sigmas_type="sigma_min")
+    num_train_timesteps=len(ref.betas),
+    trained_betas=ref.betas,
+    solver_order=2,
+    algorithm_type="sde-dpmsolver++",
+    solver_type="midpoint",
+    lower_order_final=steps < 10,
+    final_sigmas_type="sigma_min",
+  )
   sched.set_timesteps(steps)
   sched.sigmas = th.exp(-ref.ns.marginal_lambda(times)).float()  # sqrt((1 - abar) / abar)
   sched.timesteps = th.arange(steps)
@@ -177,9 +207,14 @@ def sde_states(ref, model_fn, times, x_t, noise):
 
 def plms_states(ref, model_fn, times, x_t):
   from diffusers import PNDMScheduler  # pylint: disable=import-outside-toplevel
+
   m = len(times) - 1
-  sched = PNDMScheduler(num_train_timesteps=m, trained_betas=np.full(m, 0.01), skip_prk_steps=True,
-                        set_alpha_to_one=False)
+  sched = PNDMScheduler(
+    num_train_timesteps=m,
+    trained_betas=np.full(m, 0.01),
+    skip_prk_steps=True,
+    set_alpha_to_one=False,
+  )
   abar = th.exp(2.0 * ref.ns.marginal_log_mean_coeff(times)).double()
   sched.alphas_cumprod = abar[:m].flip(0)  # timestep k is grid point m - 1 - k
   sched.final_alpha_cumprod = abar[m]
@@ -194,7 +229,9 @@ def plms_states(ref, model_fn, times, x_t):
 
 
 def native_runs(ref, x_t, noise, y, out):
-  from diffusers import DPMSolverMultistepScheduler, PNDMScheduler  # pylint: disable=import-outside-toplevel
+  from diffusers import DPMSolverMultistepScheduler  # pylint: disable=import-outside-toplevel
+  from diffusers import PNDMScheduler  # pylint: disable=import-outside-toplevel
+
   abar = th.from_numpy(ref.abar)
 
   def eps(x, step):  # guided eps at an integer step: eps - scale sigma grad log p(y | x_t)
@@ -206,9 +243,15 @@ def native_runs(ref, x_t, noise, y, out):
     return ref.eps_at_step(x, step, y) - ref.clf_scale * sigma * grad
 
   sde = DPMSolverMultistepScheduler(
-      num_train_timesteps=len(ref.betas), trained_betas=ref.betas, solver_order=2,
-      algorithm_type="sde-dpmsolver++", solver_type="midpoint", lower_order_final=False,
-      final_sigmas_type="sigma_min", lambda_min_clipped=-5.1)
+    num_train_timesteps=len(ref.betas),
+    trained_betas=ref.betas,
+    solver_order=2,
+    algorithm_type="sde-dpmsolver++",
+    solver_type="midpoint",
+    lower_order_final=False,
+    final_sigmas_type="sigma_min",
+    lambda_min_clipped=-5.1,
+  )
   sde.alphas_cumprod, sde.alpha_t, sde.sigma_t = abar, abar.sqrt(), (1 - abar).sqrt()
   sde.lambda_t = th.log(sde.alpha_t) - th.log(sde.sigma_t)
   sde.set_timesteps(STEPS)
@@ -219,8 +262,13 @@ def native_runs(ref, x_t, noise, y, out):
   out["sde_native"] = th.stack(states)
   out["sde_native_steps"] = np.append(sde.timesteps.numpy(), 0)
 
-  plms = PNDMScheduler(num_train_timesteps=len(ref.betas), trained_betas=ref.betas,
-                       skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+  plms = PNDMScheduler(
+    num_train_timesteps=len(ref.betas),
+    trained_betas=ref.betas,
+    skip_prk_steps=True,
+    set_alpha_to_one=False,
+    steps_offset=1,
+  )
   plms.alphas_cumprod, plms.final_alpha_cumprod = abar, abar[0]
   plms.set_timesteps(STEPS - 1)
   x, states = x_t.clone(), []
@@ -241,7 +289,11 @@ def main():
   noise = th.from_numpy(rng.randn(STEPS, *shape).astype(np.float32))
   x_t, y = th.from_numpy(x_np), th.tensor([3, 711])
   out = {"x_T": x_np, "y": y.numpy()}
-  guided, cfg, plain = ref.model_fn(y, True), ref.model_fn(y, True, cfg=True), ref.model_fn(y, False)
+  guided, cfg, plain = (
+    ref.model_fn(y, True),
+    ref.model_fn(y, True, cfg=True),
+    ref.model_fn(y, False),
+  )
   with th.no_grad():
     for ours, skip in SCHEDULES.items():
       solver = ref.solver(guided)
@@ -257,16 +309,23 @@ def main():
     for name in DPM:
       out[f"{name}_cfg7"] = dpm_states(ref, cfg, name, "time_uniform", SHORT, x_t)
     out["sde_dpmpp_2m_cfg7"] = sde_states(
-        ref, cfg, solver.get_time_steps("time_uniform", 1.0, 1.0 / ref.n, SHORT, "cpu"), x_t, noise)
+      ref, cfg, solver.get_time_steps("time_uniform", 1.0, 1.0 / ref.n, SHORT, "cpu"), x_t, noise
+    )
     out["plms_cfg7"] = plms_states(
-        ref, cfg, solver.get_time_steps("time_uniform", 1.0, 1.0 / ref.n, SHORT - 1, "cpu"), x_t)
-    out["dpmpp_2m_logsnr_threshold"] = dpm_states(ref, plain, "dpmpp_2m", "logSNR", STEPS, x_t,
-                                                  thresholding=True)
+      ref, cfg, solver.get_time_steps("time_uniform", 1.0, 1.0 / ref.n, SHORT - 1, "cpu"), x_t
+    )
+    out["dpmpp_2m_logsnr_threshold"] = dpm_states(
+      ref, plain, "dpmpp_2m", "logSNR", STEPS, x_t, thresholding=True
+    )
     native_runs(ref, x_t, noise, y, out)
-  out = {k: (v.numpy().astype(np.float32) if isinstance(v, th.Tensor) else v) for k, v in out.items()}
+  out = {
+    k: (v.numpy().astype(np.float32) if isinstance(v, th.Tensor) else v) for k, v in out.items()
+  }
   for k, v in out.items():
     print(k, v.shape, float(np.abs(v).max()))
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "solver_trajectories_gd_tiny_cond.npz")
+  path = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "solver_trajectories_gd_tiny_cond.npz"
+  )
   np.savez_compressed(path, **out)
   print("wrote", path, os.path.getsize(path) // 1024, "KiB")
 

@@ -41,6 +41,7 @@ Runs (classifier guidance on item 1 unless said otherwise):
   unipc_<variant>_o<order>_logsnr_threshold    10 steps, unguided, dynamic thresholding
   unipc_<variant>_o<order>_no_lof5             5 steps on time_uniform, lower_order_final=False
 """
+
 import contextlib
 import io
 import os
@@ -52,18 +53,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_solver_trajectories as mst  # noqa: E402  (sets up the harness; needs GD_REF)
 import torch as th  # noqa: E402
 
-SKIP = {"time_uniform": "time_uniform", "logsnr": "logSNR", "time_quadratic": "time_quadratic",
-        "karras": "karras"}
+SKIP = {
+  "time_uniform": "time_uniform",
+  "logsnr": "logSNR",
+  "time_quadratic": "time_quadratic",
+  "karras": "karras",
+}
 VARIANTS, ORDERS, STRIDE = ("bh1", "bh2"), (1, 2, 3), 4
 
 
 def import_unipc():
   path = os.environ.get("UNIPC_REF", "")
   if not os.path.isfile(os.path.join(path, "uni_pc.py")):
-    raise SystemExit("set UNIPC_REF to a checkout of wl-zhao/UniPC (commit cf9de85) holding "
-                     f"uni_pc.py; got {path!r}")
+    raise SystemExit(
+      "set UNIPC_REF to a checkout of wl-zhao/UniPC (commit cf9de85) holding "
+      f"uni_pc.py; got {path!r}"
+    )
   sys.path.insert(0, os.path.abspath(path))
   import uni_pc  # pylint: disable=import-outside-toplevel
+
   return uni_pc
 
 
@@ -80,13 +88,20 @@ class Runner:
 
   def __init__(self, unipc, ref, x_t, y):
     self.unipc, self.ref, self.x_t = unipc, ref, x_t
-    self.model_fns = {"guided": ref.model_fn(y, True), "cfg": ref.model_fn(y, True, cfg=True),
-                      "plain": ref.model_fn(y, False)}
+    self.model_fns = {
+      "guided": ref.model_fn(y, True),
+      "cfg": ref.model_fn(y, True, cfg=True),
+      "plain": ref.model_fn(y, False),
+    }
 
   def solver(self, variant, guidance="guided", thresholding=False):
-    solver = self.unipc.UniPC(self.model_fns[guidance], self.ref.ns,
-                              algorithm_type="data_prediction", variant=variant,
-                              correcting_x0_fn="dynamic_thresholding" if thresholding else None)
+    solver = self.unipc.UniPC(
+      self.model_fns[guidance],
+      self.ref.ns,
+      algorithm_type="data_prediction",
+      variant=variant,
+      correcting_x0_fn="dynamic_thresholding" if thresholding else None,
+    )
     original, ns = solver.get_time_steps, self.ref.ns
 
     def get_time_steps(skip_type, t_T, t_0, N, device):
@@ -103,9 +118,15 @@ class Runner:
   def states(self, variant, order, schedule, steps, lower_order_final=True, **kw):
     solver = self.solver(variant, **kw)
     with contextlib.redirect_stdout(io.StringIO()):  # the official prints at every step
-      _, states = solver.sample(self.x_t.clone(), steps=steps, order=order,
-                                skip_type=SKIP[schedule], method="multistep",
-                                lower_order_final=lower_order_final, return_intermediate=True)
+      _, states = solver.sample(
+        self.x_t.clone(),
+        steps=steps,
+        order=order,
+        skip_type=SKIP[schedule],
+        method="multistep",
+        lower_order_final=lower_order_final,
+        return_intermediate=True,
+      )
     assert len(states) == steps + 1  # x_T, then x after each step
     return th.stack(states[1:])
 
@@ -123,16 +144,31 @@ def main():
     runs[f"unipc_{variant}_o3_time_uniform_3"] = (variant, 3, "time_uniform", 3, {})
     for order in ORDERS:
       for schedule in SKIP:
-        for steps in ((5, 10) if schedule == "time_uniform" else (10,)):
+        for steps in (5, 10) if schedule == "time_uniform" else (10,):
           name = f"unipc_{variant}_o{order}_{schedule}_{steps}"
           runs[name] = (variant, order, schedule, steps, {})
     for order in (2, 3):
-      runs[f"unipc_{variant}_o{order}_cfg7"] = (variant, order, "time_uniform", 7,
-                                                {"guidance": "cfg"})
-  runs["unipc_bh2_o2_logsnr_threshold"] = ("bh2", 2, "logsnr", 10,
-                                           {"guidance": "plain", "thresholding": True})
-  runs["unipc_bh1_o3_logsnr_threshold"] = ("bh1", 3, "logsnr", 10,
-                                           {"guidance": "plain", "thresholding": True})
+      runs[f"unipc_{variant}_o{order}_cfg7"] = (
+        variant,
+        order,
+        "time_uniform",
+        7,
+        {"guidance": "cfg"},
+      )
+  runs["unipc_bh2_o2_logsnr_threshold"] = (
+    "bh2",
+    2,
+    "logsnr",
+    10,
+    {"guidance": "plain", "thresholding": True},
+  )
+  runs["unipc_bh1_o3_logsnr_threshold"] = (
+    "bh1",
+    3,
+    "logsnr",
+    10,
+    {"guidance": "plain", "thresholding": True},
+  )
   runs["unipc_bh2_o3_no_lof5"] = ("bh2", 3, "time_uniform", 5, {"lower_order_final": False})
   runs["unipc_bh1_o2_no_lof5"] = ("bh1", 2, "time_uniform", 5, {"lower_order_final": False})
   with th.no_grad():
@@ -142,10 +178,12 @@ def main():
       out[name] = states[..., ::STRIDE, ::STRIDE]
       out[f"{name}_final"] = states[-1]
       print(name, tuple(states.shape), float(states.abs().max()), flush=True)
-  out = {k: (v.numpy().astype(np.float32) if isinstance(v, th.Tensor) else v)
-         for k, v in out.items()}
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "unipc_trajectories_gd_tiny_cond.npz")
+  out = {
+    k: (v.numpy().astype(np.float32) if isinstance(v, th.Tensor) else v) for k, v in out.items()
+  }
+  path = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "unipc_trajectories_gd_tiny_cond.npz"
+  )
   np.savez_compressed(path, **out)
   print("wrote", path, os.path.getsize(path) // 1024, "KiB")
 

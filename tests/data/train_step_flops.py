@@ -8,6 +8,7 @@ per accelerator" estimate.
 Prints one JSON line per resolution: resolution, parameters, flops (per image), seconds,
 adm_jax (the package it measured).
 """
+
 import json
 import os
 import sys
@@ -37,9 +38,15 @@ def step_flops(resolution: int, compiled: bool = False, remat: bool = None) -> d
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   params = sum(x.size for x in jax.tree_util.tree_leaves(exp.abstract_state.params))
-  return {"resolution": resolution, "compiled": compiled, "parameters": int(params),
-          "flops": float(cost["flops"]), "remat": bool(config.model.use_checkpoint),
-          "seconds": round(time.time() - start, 1), "adm_jax": os.path.dirname(experiment.__file__)}
+  return {
+    "resolution": resolution,
+    "compiled": compiled,
+    "parameters": int(params),
+    "flops": float(cost["flops"]),
+    "remat": bool(config.model.use_checkpoint),
+    "seconds": round(time.time() - start, 1),
+    "adm_jax": os.path.dirname(experiment.__file__),
+  }
 
 
 if __name__ == "__main__":
