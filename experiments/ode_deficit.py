@@ -7,6 +7,9 @@ EXPERIMENT is one of
   switch:R:J:ORDER   respacing R (e.g. 50): the first J of its R steps (from t = T - 1) with one
                      sampler, the rest with the other. ORDER anc_ddim: ancestral then DDIM (eta 0);
                      ddim_anc: DDIM then ancestral. J = 0 / R are the pure samplers.
+  phases:R:P        respacing R run in phases P = 'NAME-n,NAME-n,...' from t = T - 1, NAME one
+                     of anc, ddim, anc_noclip, ddim_noclip (x0 not clipped to [-1, 1]), e.g.
+                     'ddim_noclip-10,ddim-40': no clipping during the first 10 steps.
   tmax:R:TMAX:S      sampler S (ddim | ddpm) over R steps evenly spaced from t = TMAX down to 0,
                      from x ~ N(0, I) at TMAX (the first step of 'R' sits at T - 1 = 999, where
                      x0 = (x - sigma eps) / alpha amplifies eps errors ~2e4-fold).
@@ -16,6 +19,8 @@ EXPERIMENT is one of
                      backwards), report the latents' statistics (a model whose ODE is the data's
                      probability flow maps the data to N(0, I)) and decode them back (FID of the
                      reconstructions, RMS error).
+  clipstats:R        per step of ancestral and DDIM over respacing R: how much of the x0
+                     prediction the [-1, 1] clip changes (first --batch samples).
   epserr             the network's eps error E|eps_hat - eps|^2 (per pixel) on --num test images
                      at 20 noise levels; the x0 error it implies, sigma^2/alpha^2 of it.
 Samples: the fixed keys and labels of experiments/nfe_lib.py (every experiment starts from the
@@ -48,33 +53,45 @@ def process_over(base, kept):
 
 def two_phase_fn(model, process, first, n_first, clip=True):
   """jit fn(params, key, labels, clf_params): sampler `first` for n_first steps, then the other."""
+  second = "ddim" if first == "ddpm" else "ddpm"
+  return phases_fn(model, process, [(first, n_first, clip), (second, process.num_timesteps - n_first,
+                                                             clip)])
+
+
+def phases_fn(model, process, phases):
+  """jit fn(params, key, labels, clf_params) running [(sampler, steps, clip), ...] in turn over
+  the steps of `process` from t = T - 1 (ancestral noise of index i: fold_in(key', i), as
+  p_sample_loop; x_T as every sampler of the library)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from adm_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
   apply = model.apply_fn()
   T = process.num_timesteps
+  if sum(n for _, n, _ in phases) != T:
+    raise ValueError(f"phases {phases} do not add up to the {T} steps")
 
   def run(params, key, labels, clf_params=None):
     del clf_params
     model_fn = lambda x, t, y=None, **kw: apply(params, x, t, y)
-    kw = dict(clip_denoised=clip, model_kwargs={"y": labels})
     x, step_key = samplers._initial_noise(key, (labels.shape[0], 32, 32, 1), None)  # pylint: disable=protected-access
-
-    def anc(x, i):
-      t = jnp.full((x.shape[0],), i, jnp.int32)
-      return samplers.p_sample(process, model_fn, x, t, key=jax.random.fold_in(step_key, i),
-                               **kw)["sample"], None
-
-    def ddim(x, i):
-      t = jnp.full((x.shape[0],), i, jnp.int32)
-      return samplers.ddim_sample(process, model_fn, x, t, **kw)["sample"], None
-
-    order = (anc, ddim) if first == "ddpm" else (ddim, anc)
     idx = np.arange(T - 1, -1, -1)
-    if n_first > 0:
-      x, _ = jax.lax.scan(order[0], x, jnp.asarray(idx[:n_first], jnp.int32))
-    if n_first < T:
-      x, _ = jax.lax.scan(order[1], x, jnp.asarray(idx[n_first:], jnp.int32))
+    done = 0
+    for sampler, n, clip in phases:
+      kw = dict(clip_denoised=clip, model_kwargs={"y": labels})
+
+      def anc(x, i, kw=kw):
+        t = jnp.full((x.shape[0],), i, jnp.int32)
+        return samplers.p_sample(process, model_fn, x, t, key=jax.random.fold_in(step_key, i),
+                                 **kw)["sample"], None
+
+      def ddim(x, i, kw=kw):
+        t = jnp.full((x.shape[0],), i, jnp.int32)
+        return samplers.ddim_sample(process, model_fn, x, t, **kw)["sample"], None
+
+      if n > 0:
+        x, _ = jax.lax.scan(anc if sampler == "ddpm" else ddim, x,
+                            jnp.asarray(idx[done:done + n], jnp.int32))
+      done += n
     return x
 
   return jax.jit(run)
@@ -91,6 +108,17 @@ def sample_experiment(model, exp, args, reference, results, meta):
     t_switch = int(process.timestep_map[r - 1 - j]) if j < r else -1
     info = {"respacing": r, "first_steps": j, "order": order, "t_switch": t_switch,
             "nfe": r}
+  elif kind == "phases":
+    r, spec = rest.split(":", 1)
+    r = int(r)
+    phases = []
+    for part in spec.split(","):
+      name, n = part.split("-")
+      phases.append(("ddpm" if name.startswith("anc") else "ddim", int(n),
+                     not name.endswith("noclip")))
+    process = process_over(model.base, _steps_of(model.base, r))
+    factory = lambda: phases_fn(model, process, phases)
+    info = {"respacing": r, "phases": spec, "nfe": r}
   elif kind == "tmax":
     r, tmax, sampler = rest.split(":")
     r, tmax = int(r), int(tmax)
@@ -221,6 +249,52 @@ def epserr_experiment(model, args):
   return {"rows": rows}
 
 
+def clipstats_experiment(model, exp, args):
+  """Along ancestral and DDIM trajectories over respacing R (first --batch samples): per step,
+  the fraction of x0-prediction pixels outside [-1, 1] (clipped), the RMS of the raw x0, and
+  the RMS of the change the clip makes; and the eps-prediction's RMS."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from adm_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+  r = int(exp.split(":")[1])
+  process = process_over(model.base, _steps_of(model.base, r))
+  apply = model.apply_fn()
+  labels = jnp.asarray(nfe_lib.labels_all()[:args.batch])
+  key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+
+  def run(params, sampler):
+    model_fn = lambda x, t, y=None, **kw: apply(params, x, t, y)
+    x, step_key = samplers._initial_noise(key, (labels.shape[0], 32, 32, 1), None)  # pylint: disable=protected-access
+
+    def body(x, i):
+      t = jnp.full((x.shape[0],), i, jnp.int32)
+      out = process.p_mean_variance(model_fn, x, t, clip_denoised=False,
+                                    model_kwargs={"y": labels})
+      raw = out["pred_xstart"]
+      eps = out["model_output"][..., :1]
+      stats = jnp.stack([jnp.mean(jnp.abs(raw) > 1), jnp.sqrt(jnp.mean(raw ** 2)),
+                         jnp.sqrt(jnp.mean((raw - jnp.clip(raw, -1, 1)) ** 2)),
+                         jnp.sqrt(jnp.mean(eps ** 2)), jnp.sqrt(jnp.mean(x ** 2))])
+      kw = dict(clip_denoised=True, model_kwargs={"y": labels})
+      if sampler == "ddpm":
+        nxt = samplers.p_sample(process, model_fn, x, t, key=jax.random.fold_in(step_key, i),
+                                **kw)["sample"]
+      else:
+        nxt = samplers.ddim_sample(process, model_fn, x, t, **kw)["sample"]
+      return nxt, stats
+
+    _, stats = jax.lax.scan(body, x, jnp.arange(r - 1, -1, -1, dtype=jnp.int32))
+    return stats
+
+  out = {"respacing": r, "timesteps": [int(v) for v in np.asarray(process.timestep_map)[::-1]],
+         "columns": ["frac_clipped", "x0_raw_rms", "clip_change_rms", "eps_rms", "x_rms"]}
+  for sampler in ("ddpm", "ddim"):
+    stats = np.asarray(jax.jit(run, static_argnums=1)(model.params, sampler))
+    out[sampler] = stats.tolist()
+    print(f"  {sampler}: clipped fraction by step", np.round(stats[:, 0], 3).tolist(), flush=True)
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True)
@@ -257,6 +331,8 @@ def main():
       res = encode_experiment(model, exp, args, reference)
     elif kind == "epserr":
       res = epserr_experiment(model, args)
+    elif kind == "clipstats":
+      res = clipstats_experiment(model, exp, args)
     else:
       res = sample_experiment(model, exp, args, reference, results, meta)
     record = {"experiment": exp, "step": model.step, "ema_rate": ema, "num_samples": args.num,
