@@ -198,3 +198,15 @@ def save_results(path: str, results) -> None:
   with open(path + ".tmp", "w") as f:
     json.dump(results, f, indent=1)
   os.replace(path + ".tmp", path)
+
+
+def add_result(path: str, record, key) -> list:
+  """Adds `record` to the JSON list at `path` (replacing one with the same key(record)) under a
+  file lock, re-reading the file first, so that several processes can share one results file.
+  Returns the merged list."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  with open(path + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    results = [r for r in load_results(path) if key(r) != key(record)] + [record]
+    save_results(path, results)
+  return results

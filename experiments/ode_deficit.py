@@ -318,7 +318,7 @@ def main():
   model = reference = None
   for exp in args.experiments:
     if any(r["experiment"] == exp and r["ema_rate"] == ema and r["num_samples"] == args.num and
-           r["step"] == step for r in results):
+           r["step"] == step for r in nfe_lib.load_results(path)):
       continue
     if model is None:
       model = nfe_lib.Model(args.workdir, step, args.ema_index, use_ema=not args.no_ema,
@@ -337,8 +337,8 @@ def main():
       res = sample_experiment(model, exp, args, reference, results, meta)
     record = {"experiment": exp, "step": model.step, "ema_rate": ema, "num_samples": args.num,
               **res}
-    results.append(record)
-    nfe_lib.save_results(path, results)
+    key = lambda r: (r["experiment"], r["step"], r["ema_rate"], r["num_samples"])
+    results = nfe_lib.add_result(path, record, key)
     nfe_lib.save_results(args.mirror, results)
     print(json.dumps({k: v for k, v in record.items() if k != "rows"}), flush=True)
 
