@@ -24,6 +24,12 @@ from typing import Dict, Optional
 log = logging.getLogger(__name__)
 
 CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
+# Cheaper CPU code generation: the same HLO passes, buffers and ops; only LLVM optimises less.
+# For programs compiled far more often than they run (tests, the fault drill, memory analysis).
+FAST_COMPILE_FLAGS = {
+  "xla_backend_optimization_level": "0",
+  "xla_llvm_disable_expensive_passes": "true",
+}
 _ACCELERATOR_MODULES = (
   "libtpu",
   "jax_cuda12_plugin",
@@ -83,13 +89,14 @@ def jaxlib_knows(flag: str) -> bool:
   return cache[key]
 
 
-def configure_for_cpu() -> str:
-  """Adds the CPU flags to XLA_FLAGS where they apply (see the module docstring); returns
-  XLA_FLAGS."""
+def configure_for_cpu(fast_compile: bool = False) -> str:
+  """Adds the CPU flags to XLA_FLAGS where they apply (see the module docstring), and
+  FAST_COMPILE_FLAGS when `fast_compile`; returns XLA_FLAGS."""
   flags = os.environ.get("XLA_FLAGS", "")
   if not cpu_is_backend():
     return flags
-  for name, value in CPU_FLAGS.items():
+  wanted = dict(CPU_FLAGS, **(FAST_COMPILE_FLAGS if fast_compile else {}))
+  for name, value in wanted.items():
     if name in flags:
       continue
     if not jaxlib_knows(name):

@@ -15,9 +15,8 @@ PY=${PYTHON:-python}
 # Every case runs the same tiny programs: one compilation cache for all of them, and XLA's
 # cheap code generation (the drill checks what happens, not how fast).
 export JAX_COMPILATION_CACHE_DIR=$BASE/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
-FAST=$($PY -c "from adm_jax import xla_env
-print(' '.join(f'--{f}={v}' for f, v in (('xla_backend_optimization_level', '0'),
-      ('xla_llvm_disable_expensive_passes', 'true')) if xla_env.jaxlib_knows(f)))")
+FAST=$(XLA_FLAGS= $PY -c "from adm_jax import xla_env
+print(xla_env.configure_for_cpu(fast_compile=True))")
 export XLA_FLAGS="${XLA_FLAGS:-} $FAST"
 TINY=(--config=fashion_mnist --config.model.image_size=8 --config.model.num_channels=32
       --config.model.channel_mult=1,2 --config.model.attention_resolutions=4

@@ -24,7 +24,9 @@ sys.path.insert(0, REPO)
 
 from adm_jax import xla_env  # noqa: E402  pylint: disable=wrong-import-position
 
-xla_env.configure_for_cpu()
+# XLA's buffer assignment, which the memory analysis reports, comes before code generation:
+# cheap code generation leaves the figures unchanged (measured: RESULTS.md, 2026-12-04).
+xla_env.configure_for_cpu(fast_compile=True)
 from adm_jax import config_base  # noqa: E402  pylint: disable=wrong-import-position
 from adm_jax import memory_plan  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -41,9 +43,12 @@ MODELS = (
   ("upsampler 128→512", "upsample128_512", "train"),
 )
 POLICIES = ("none", "convs_saveable")
-# Per-device batches of the two compilations: at batch 1-2 a remat step's peak is its fixed
-# part (gradients, optimizer update), so the line through them says nothing of activations.
-BATCHES = (4, 8)
+# Per-device batches of the two compilations. With remat the peak at small batches is the fixed
+# part (gradients, optimizer update), where the line through two points says nothing of the
+# activations: remat policies are measured at 8 and 16, and again at 16 and 32 when the
+# activations at 16 are still under a tenth of the fixed part.
+BATCHES = {"none": (4, 8), "convs_saveable": (8, 16)}
+LARGER_BATCHES = (16, 32)
 MEMORY_GB = (16, 24, 32, 40, 80, 95)
 DEVICES = 8
 OUT = os.path.join(REPO, "experiments", "results", "memory_fits.json")
@@ -62,14 +67,19 @@ def measure_all(models=MODELS) -> dict:
   for label, name, mode in models:
     for policy in POLICIES:
       key = f"{name}:{mode}:{policy}"
-      if key in stored:
+      if key in stored and "batches" in stored[key]:
         continue
       config = config_base.from_config_file(name)
       start = time.perf_counter()
-      fit = memory_plan.measure(config, policy, batches=BATCHES, mode=mode)
+      batches = BATCHES[policy]
+      fit = memory_plan.measure(config, policy, batches=batches, mode=mode)
+      if policy != "none" and fit.per_example * batches[-1] < 0.1 * fit.fixed:
+        batches = LARGER_BATCHES
+        fit = memory_plan.measure(config, policy, batches=batches, mode=mode)
       stored[key] = dict(
         dataclasses.asdict(fit),
         compile_s=time.perf_counter() - start,
+        batches=list(batches),
         label=label,
         dtype=(config.classifier.dtype if mode == "train_classifier" else config.model.dtype),
       )

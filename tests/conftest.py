@@ -13,17 +13,10 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 from adm_jax import xla_env  # noqa: E402
 
-xla_env.configure_for_cpu()  # the CPU convolution flag, as the entry points set it
-
 # The tests compile hundreds of tiny programs and run each a few times: compilation, not
 # execution, is their cost, so LLVM skips its expensive optimisation passes here (the same HLO
 # and ops; only the generated CPU code is less tuned). Subprocesses inherit XLA_FLAGS.
-for _flag, _value in (
-  ("xla_backend_optimization_level", "0"),
-  ("xla_llvm_disable_expensive_passes", "true"),
-):
-  if _flag not in os.environ["XLA_FLAGS"] and xla_env.jaxlib_knows(_flag):
-    os.environ["XLA_FLAGS"] += f" --{_flag}={_value}"
+xla_env.configure_for_cpu(fast_compile=True)
 
 import jax
 import numpy as np
