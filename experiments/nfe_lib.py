@@ -88,6 +88,7 @@ class Model:
     xla_env.configure_for_cpu()
     import jax  # pylint: disable=g-import-not-at-top
 
+    from adm_jax import config_base  # pylint: disable=g-import-not-at-top
     from adm_jax import networks  # pylint: disable=g-import-not-at-top
     from adm_jax import restore  # pylint: disable=g-import-not-at-top
     from adm_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -106,12 +107,15 @@ class Model:
       saved = checkpointer.restore_meta(self.step).get("config") or {}
     finally:
       checkpointer.close()
-    # The network, diffusion and EMA settings the checkpoint was trained with.
+    # The network and diffusion settings the checkpoint was trained with (as sampling takes
+    # them), and its EMA rates, lr and batch for the records.
     config = fashion_mnist.get_config()
-    for section in ("model", "diffusion", "train", "classifier"):
-      for key, value in saved.get(section, {}).items():
-        if key in config[section]:
-          config[section][key] = value
+    keys = config_base.dotted_keys(
+      config,
+      restore.UNET_KEYS + ("train.ema_rate", "train.lr", "train.batch_size"),
+      restore.UNET_EXCLUDED,
+    )
+    config = restore.trained_config(config, saved, keys, (), workdir)
     self.config = config
     self.network = networks.unet(config)
     rates = state_lib.parse_ema_rates(config.train.ema_rate)
