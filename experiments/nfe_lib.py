@@ -75,7 +75,11 @@ def parse_point(text: str):
 
 
 class Model:
-  """The diffusion model (EMA params of one checkpoint) and its classifier, built once."""
+  """The diffusion model (EMA params of one checkpoint) and its classifier, built once.
+
+  `workdir`: a configs/fashion_mnist.py training workdir (its checkpoint `step`, EMA copy
+  `ema_index`), or a frozen model written by `export` (a .npz; step and EMA are its own).
+  """
 
   def __init__(
     self,
@@ -88,17 +92,25 @@ class Model:
     xla_env.configure_for_cpu()
     import jax  # pylint: disable=g-import-not-at-top
 
-    from adm_jax import config_base  # pylint: disable=g-import-not-at-top
-    from adm_jax import networks  # pylint: disable=g-import-not-at-top
-    from adm_jax import restore  # pylint: disable=g-import-not-at-top
     from adm_jax import sharding  # pylint: disable=g-import-not-at-top
-    from adm_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-    from adm_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
-    from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
 
     self.jax = jax
     self.workdir = workdir
     self.mesh = sharding.create_mesh(1, jax.devices()[:1])
+    self.classifier = self.clf_params = None
+    if workdir.endswith(".npz"):
+      self._load_frozen(workdir, classifier)
+    else:
+      self._load_workdir(workdir, step, ema_index, use_ema, classifier)
+
+  def _load_workdir(self, workdir, step, ema_index, use_ema, classifier):
+    from adm_jax import config_base  # pylint: disable=g-import-not-at-top
+    from adm_jax import networks  # pylint: disable=g-import-not-at-top
+    from adm_jax import restore  # pylint: disable=g-import-not-at-top
+    from adm_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+    from adm_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+    from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+
     directory = restore.checkpoint_directory(workdir, "--mode=train", "--workdir")
     checkpointer = ckpt_lib.Checkpointer(directory, async_save=False, create=False)
     try:
@@ -116,7 +128,6 @@ class Model:
       restore.UNET_EXCLUDED,
     )
     config = restore.trained_config(config, saved, keys, (), workdir)
-    self.config = config
     self.network = networks.unet(config)
     rates = state_lib.parse_ema_rates(config.train.ema_rate)
     self.params, _ = restore.restore_params(
@@ -124,9 +135,50 @@ class Model:
     )
     self.ema_rate = config.train.ema_rate.split(",")[ema_index] if use_ema else "none"
     self.base = networks.diffusion_process(config)
-    self.classifier = self.clf_params = None
-    if classifier and os.path.isdir(os.path.join(workdir, config.classifier.checkpoint_dir)):
+    clf_dir = os.path.join(workdir, config.classifier.checkpoint_dir)
+    if classifier and os.path.isdir(clf_dir):
       self.classifier, self.clf_params = restore.guidance_classifier(config, workdir, self.mesh)
+      checkpointer, _, meta = restore.newest_checkpoint(os.path.join(clf_dir, "checkpoints"))
+      checkpointer.close()
+      config = restore.trained_config(
+        config, meta.get("config"), restore.CLASSIFIER_KEYS, (), clf_dir
+      )
+    self.config = config
+
+  def _load_frozen(self, path, classifier):
+    import ml_collections  # pylint: disable=g-import-not-at-top
+
+    from adm_jax import networks  # pylint: disable=g-import-not-at-top
+
+    with np.load(path) as d:
+      arrays = {k: d[k] for k in d.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    self.config = ml_collections.ConfigDict(meta["config"])
+    self.step, self.ema_rate = meta["step"], meta["ema_rate"]
+    self.steps_available = [self.step]
+    self.network = networks.unet(self.config)
+    self.params = _unflatten(self.network.abstract_params(), arrays, "unet")
+    self.base = networks.diffusion_process(self.config)
+    if classifier and meta["has_classifier"]:
+      self.classifier = networks.classifier(self.config)
+      self.clf_params = _unflatten(self.classifier.abstract_params(), arrays, "classifier")
+
+  def export(self, path: str) -> None:
+    """Writes this model (the sampled params, the classifier's, the settings) to one .npz that
+    Model(path) loads without the training workdir: the campaign's model kept in the repo."""
+    arrays = _flatten(self.params, "unet")
+    if self.classifier is not None:
+      arrays.update(_flatten(self.clf_params, "classifier"))
+    meta = {
+      "config": self.config.to_dict(),
+      "step": self.step,
+      "ema_rate": self.ema_rate,
+      "has_classifier": self.classifier is not None,
+      "source": os.path.abspath(self.workdir),
+    }
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
 
   def apply_fn(self):
     return self.network.inference_fn()
@@ -156,7 +208,7 @@ class Model:
     fn = sampling.make_sample_fn(
       self.apply_fn(),
       self.base,
-      (32, 32, 1),
+      (self.config.model.image_size, self.config.model.image_size, self.config.model.in_channels),
       spec,
       class_cond=True,
       classifier_fn=self.classifier_fn(),
@@ -164,6 +216,34 @@ class Model:
       clip_denoised=bool(int(options.get("clip", 1))),
     )
     return fn, spec
+
+
+def _flatten(tree, prefix: str):
+  """{'prefix/a/b': np.ndarray} of a params tree."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    prefix + "/" + "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+    for path, leaf in leaves
+  }
+
+
+def _unflatten(abstract, arrays, prefix: str):
+  """A params tree shaped as `abstract` from `_flatten`'s arrays; every leaf must match."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  flat = _flatten(jax.tree.map(lambda a: np.zeros((), a.dtype), abstract), prefix)
+  paths, treedef = list(flat), jax.tree.structure(abstract)
+  shapes = [a.shape for a in jax.tree.leaves(abstract)]
+  missing = [p for p in paths if p not in arrays]
+  if missing:
+    raise ValueError(f"frozen model lacks {len(missing)} {prefix} params, e.g. {missing[0]}")
+  leaves = [jax.numpy.asarray(arrays[p]) for p in paths]
+  for p, leaf, shape in zip(paths, leaves, shapes):
+    if leaf.shape != shape:
+      raise ValueError(f"frozen model's {p} has shape {leaf.shape}, the network wants {shape}")
+  return jax.tree.unflatten(treedef, leaves)
 
 
 def run_batches(

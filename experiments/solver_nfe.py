@@ -273,6 +273,12 @@ def main():
     if model is None:
       model = nfe_lib.Model(args.workdir, args.step)
       reference = nfe_lib.reference_stats()
+      recorded = (data["model"].get("workdir"), data["model"].get("steps"))
+      if data["points"] and recorded != (args.workdir, model.step):
+        raise SystemExit(
+          f"{args.results} holds points of {recorded[0]} step {recorded[1]}, not "
+          f"{args.workdir} step {model.step}: pass another --results to keep runs apart"
+        )
       data["model"] = {
         "config": "configs/fashion_mnist.py ("
         + ", ".join(f"train.{k}={model.config.train[k]}" for k in ("ema_rate", "lr", "batch_size"))
