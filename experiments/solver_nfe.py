@@ -1,7 +1,7 @@
 """FID against network evaluations (NFE) for every sampler, on one trained model and one reference.
 
 usage: python experiments/solver_nfe.py --workdir=W [--step S] [--out $ADM_JAX_RUNS/solver_nfe]
-           [--scales 0,1] [--samplers ddim,dpmpp_2m,dpmpp_3m,dpmpp_2s,sde_dpmpp_2m,plms]
+           [--scales 0,1] [--samplers ddim,dpmpp_2m,dpmpp_3m,dpmpp_2s,sde_dpmpp_2m,plms,unipc]
            [--nfe 20,10,5,50] [--ancestral 250,50,25,100] [--num 1000] [--batch 250]
            [--decisive "ddpm:250:0 dpmpp_2m:20:0:time_uniform"] [--decisive_num 2000]
            [--points P ...] [--only_points] [--plot PNG] [--table]
@@ -40,7 +40,7 @@ sys.path.insert(0, REPO)
 
 from experiments import nfe_lib  # noqa: E402  pylint: disable=wrong-import-position
 
-SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "sde_dpmpp_2m", "plms")
+SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2s", "sde_dpmpp_2m", "plms", "unipc")
 # The DPM-Solver / DPM-Solver++ authors recommend logSNR steps for low-resolution pixel models
 # (time_uniform for high resolution); 2M (and UniPC) also run time_uniform. PLMS: PNDM's uniform
 # steps. DDIM: the library's evenly spaced respacing 'N' (both ends; see below).
