@@ -218,23 +218,28 @@ class Model:
     return fn, spec
 
 
+def _leaf_names(tree, prefix: str):
+  """'prefix/a/b' for every leaf of a params tree, in jax.tree.leaves order."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return [
+    prefix + "/" + "/".join(str(getattr(k, "key", k)) for k in path)
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  ]
+
+
 def _flatten(tree, prefix: str):
   """{'prefix/a/b': np.ndarray} of a params tree."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {
-    prefix + "/" + "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
-    for path, leaf in leaves
-  }
+  return dict(zip(_leaf_names(tree, prefix), (np.asarray(x) for x in jax.tree.leaves(tree))))
 
 
 def _unflatten(abstract, arrays, prefix: str):
   """A params tree shaped as `abstract` from `_flatten`'s arrays; every leaf must match."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  flat = _flatten(jax.tree.map(lambda a: np.zeros((), a.dtype), abstract), prefix)
-  paths, treedef = list(flat), jax.tree.structure(abstract)
+  paths = _leaf_names(abstract, prefix)
   shapes = [a.shape for a in jax.tree.leaves(abstract)]
   missing = [p for p in paths if p not in arrays]
   if missing:
@@ -243,7 +248,7 @@ def _unflatten(abstract, arrays, prefix: str):
   for p, leaf, shape in zip(paths, leaves, shapes):
     if leaf.shape != shape:
       raise ValueError(f"frozen model's {p} has shape {leaf.shape}, the network wants {shape}")
-  return jax.tree.unflatten(treedef, leaves)
+  return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
 
 
 def run_batches(
