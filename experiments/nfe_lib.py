@@ -180,6 +180,12 @@ class Model:
     np.savez_compressed(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
     os.replace(tmp, path)
 
+  @property
+  def image_shape(self):
+    """(H, W, C) of the model's images."""
+    m = self.config.model
+    return (m.image_size, m.image_size, m.in_channels)
+
   def apply_fn(self):
     return self.network.inference_fn()
 
@@ -187,7 +193,7 @@ class Model:
     return self.classifier.inference_fn() if self.classifier is not None else None
 
   def sample_fn(self, point):
-    """(jitted fn(params, key, labels, clf_params) -> images [B, 32, 32, 1], SamplerSpec)."""
+    """(jitted fn(params, key, labels, clf_params) -> images [B, *image_shape], SamplerSpec)."""
     from adm_jax import sampling  # pylint: disable=g-import-not-at-top
 
     options = point.get("options", {})
@@ -208,7 +214,7 @@ class Model:
     fn = sampling.make_sample_fn(
       self.apply_fn(),
       self.base,
-      (self.config.model.image_size, self.config.model.image_size, self.config.model.in_channels),
+      self.image_shape,
       spec,
       class_cond=True,
       classifier_fn=self.classifier_fn(),

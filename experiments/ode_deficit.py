@@ -1,6 +1,8 @@
 """Where the deterministic samplers lose against ancestral sampling (experiments, not argument).
 
 usage: python experiments/ode_deficit.py --workdir=W [--step S] [--ema_index I | --no_ema]
+W: a configs/fashion_mnist.py training workdir, or a frozen model .npz (nfe_lib.Model.export,
+e.g. experiments/models/fmnist_step10000_ema0995.npz: its one step and EMA copy).
            [--out $ADM_JAX_RUNS/ode_deficit] [--num 1000] EXPERIMENT [EXPERIMENT ...]
 
 EXPERIMENT is one of
@@ -25,7 +27,7 @@ EXPERIMENT is one of
                      at 20 noise levels; the x0 error it implies, sigma^2/alpha^2 of it.
 Samples: the fixed keys and labels of experiments/nfe_lib.py (every experiment starts from the
 same x_T as the sweep), batches saved at once, finished experiments skipped when rerun. Results:
-OUT/results.json, mirrored to experiments/results/ode_deficit.json.
+OUT/results.json, merged into experiments/results/ode_deficit.json (records name their --workdir).
 """
 
 import argparse
@@ -83,7 +85,7 @@ def phases_fn(model, process, phases):
   def run(params, key, labels, clf_params=None):
     del clf_params
     model_fn = lambda x, t, y=None, **kw: apply(params, x, t, y)
-    x, step_key = samplers._initial_noise(key, (labels.shape[0], 32, 32, 1), None)  # pylint: disable=protected-access
+    x, step_key = samplers._initial_noise(key, (labels.shape[0], *model.image_shape), None)  # pylint: disable=protected-access
     idx = np.arange(T - 1, -1, -1)
     done = 0
     for sampler, n, clip in phases:
@@ -109,7 +111,7 @@ def phases_fn(model, process, phases):
   return jax.jit(run)
 
 
-def sample_experiment(model, exp, args, reference, results, meta):
+def sample_experiment(model, exp, args, reference, meta):
   kind, _, rest = exp.partition(":")
   if kind == "switch":
     r, j, order = rest.split(":")
@@ -314,7 +316,7 @@ def clipstats_experiment(model, exp, args):
 
   def run(params, sampler):
     model_fn = lambda x, t, y=None, **kw: apply(params, x, t, y)
-    x, step_key = samplers._initial_noise(key, (labels.shape[0], 32, 32, 1), None)  # pylint: disable=protected-access
+    x, step_key = samplers._initial_noise(key, (labels.shape[0], *model.image_shape), None)  # pylint: disable=protected-access
 
     def body(x, i):
       t = jnp.full((x.shape[0],), i, jnp.int32)
@@ -370,27 +372,38 @@ def main():
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.json")
-  results = nfe_lib.load_results(path)
-  with open(os.path.join(args.workdir, "config.json")) as f:
-    ema = "none" if args.no_ema else json.load(f)["train"]["ema_rate"].split(",")[args.ema_index]
-  from experiments.plateau_eval import checkpoint_steps  # pylint: disable=g-import-not-at-top
-
-  step = args.step if args.step >= 0 else max(checkpoint_steps(args.workdir))
   model = reference = None
+  if args.workdir.endswith(".npz"):  # a frozen model (nfe_lib.Model.export): its own step and EMA
+    model = nfe_lib.Model(args.workdir, classifier=False)
+    if args.step not in (-1, model.step) or args.no_ema or args.ema_index != -1:
+      raise SystemExit(
+        f"{args.workdir} holds only step {model.step} with EMA {model.ema_rate}: "
+        "drop --step, --ema_index and --no_ema"
+      )
+    step, ema = model.step, model.ema_rate
+  else:
+    with open(os.path.join(args.workdir, "config.json")) as f:
+      rates = json.load(f)["train"]["ema_rate"].split(",")
+    ema = "none" if args.no_ema else rates[args.ema_index]
+    from experiments.plateau_eval import checkpoint_steps  # pylint: disable=g-import-not-at-top
+
+    step = args.step if args.step >= 0 else max(checkpoint_steps(args.workdir))
   for exp in args.experiments:
     if any(
       r["experiment"] == exp
       and r["ema_rate"] == ema
       and r["num_samples"] == args.num
       and r["step"] == step
+      and r.get("model") == args.workdir
       for r in nfe_lib.load_results(path)
     ):
       continue
+    if reference is None:
+      reference = nfe_lib.reference_stats()
     if model is None:
       model = nfe_lib.Model(
         args.workdir, step, args.ema_index, use_ema=not args.no_ema, classifier=False
       )
-      reference = nfe_lib.reference_stats()
     print(f"step {model.step} EMA {ema}: {exp}", flush=True)
     meta = {"tag": f"step{model.step}_ema{ema}"}
     kind = exp.split(":")[0]
@@ -401,17 +414,18 @@ def main():
     elif kind == "clipstats":
       res = clipstats_experiment(model, exp, args)
     else:
-      res = sample_experiment(model, exp, args, reference, results, meta)
+      res = sample_experiment(model, exp, args, reference, meta)
     record = {
       "experiment": exp,
       "step": model.step,
       "ema_rate": ema,
       "num_samples": args.num,
+      "model": args.workdir,
       **res,
     }
-    key = lambda r: (r["experiment"], r["step"], r["ema_rate"], r["num_samples"])
-    results = nfe_lib.add_result(path, record, key)
-    nfe_lib.save_results(args.mirror, results)
+    key = lambda r: (r["experiment"], r["step"], r["ema_rate"], r["num_samples"], r.get("model"))
+    nfe_lib.add_result(path, record, key)
+    nfe_lib.add_result(args.mirror, record, key)  # merged: the mirror keeps other runs' records
     print(json.dumps({k: v for k, v in record.items() if k != "rows"}), flush=True)
 
 

@@ -181,7 +181,18 @@ def table(points, scales=None):
   return "\n".join(lines)
 
 
-def plot(points, path):
+def real_image_fid(num=1000):
+  """Mean FID of disjoint sets of `num` real training images (experiments/fid_floor.py), or None."""
+  path = os.path.join(REPO, "experiments", "results", "fid_floor.json")
+  if not os.path.exists(path):
+    return None
+  fids = [r["fid"] for r in nfe_lib.load_results(path)["sets"] if r["num"] == num]
+  return sum(fids) / len(fids) if fids else None
+
+
+def plot(points, path, floor=None):
+  """One panel per classifier scale: FID against NFE, one curve per sampler and time schedule;
+  `floor`: the FID of real images at the same N (a dotted line)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
@@ -211,6 +222,8 @@ def plot(points, path):
         dict(marker="o", ls="-") if sampler != "ddpm" else dict(marker="s", ls="--", color="black")
       )
       ax.plot(*zip(*pts), label=label, **style)
+    if floor is not None:
+      ax.axhline(floor, color="gray", ls=":", label="real training images (mean of 5 sets)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([5, 10, 20, 50, 100, 250])
@@ -313,7 +326,7 @@ def main():
     nfe_lib.save_results(args.results, data)
   print(table(data["points"]))
   if args.plot:
-    print("plot:", plot(data["points"], args.plot))
+    print("plot:", plot(data["points"], args.plot, floor=real_image_fid()))
 
 
 if __name__ == "__main__":

@@ -44,3 +44,37 @@ def test_frozen_model_with_other_shapes_refused(tmp_path):
   np.savez(path, **arrays)
   with pytest.raises(ValueError, match="has shape"):
     nfe_lib.Model(path)
+
+
+def test_ode_deficit_on_a_frozen_model_keeps_other_runs(tmp_path, monkeypatch):
+  """ode_deficit.py takes a frozen .npz (its step and EMA) and merges its records into the
+  mirror file, keeping the records of other runs (the metric is replaced: the feature network
+  is not what is tested here)."""
+  from experiments import ode_deficit
+
+  model = nfe_lib.Model(tiny.trained_workdir(), classifier=False)
+  path = str(tmp_path / "frozen.npz")
+  model.export(path)
+  mirror = tmp_path / "ode_deficit.json"
+  other = {"experiment": "switch:3:1:anc_ddim", "step": model.step, "ema_rate": model.ema_rate}
+  other.update(num_samples=2, model="an earlier run", fid=76.0)
+  mirror.write_text(json.dumps([other]))
+  scored = []
+
+  def fake_score(images, labels, npz_path, reference):
+    scored.append(images.shape)
+    return dict.fromkeys(("fid", "sfid", "precision", "recall", "inception_score"), 1.0)
+
+  monkeypatch.setattr(nfe_lib, "reference_stats", lambda: "reference.npz")
+  monkeypatch.setattr(nfe_lib, "score", fake_score)
+  argv = ["ode_deficit.py", f"--workdir={path}", f"--out={tmp_path / 'out'}", f"--mirror={mirror}"]
+  monkeypatch.setattr("sys.argv", argv + ["--num=2", "--batch=2", "switch:3:1:anc_ddim"])
+  ode_deficit.main()
+  records = json.loads(mirror.read_text())
+  assert other in records and len(records) == 2
+  (new,) = [r for r in records if r["model"] == path]
+  assert (new["step"], new["ema_rate"], new["first_steps"]) == (model.step, model.ema_rate, 1)
+  assert scored == [(2, *model.image_shape)]
+  monkeypatch.setattr("sys.argv", argv + ["--step=1", "switch:3:1:anc_ddim"])
+  with pytest.raises(SystemExit, match="holds only step"):
+    ode_deficit.main()
