@@ -35,6 +35,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -238,6 +240,30 @@ def plot(points, path, floor=None):
   return path
 
 
+def sample_rows(out, names, path, count=12):
+  """One row per point NAME: its first `count` images (batch 0: the same x_T and labels in every
+  row), upscaled 2x, the point's name on the left. Returns the path of the PNG."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
+
+  rows = []
+  for name in names:
+    with np.load(os.path.join(out, "points", name, "batch_0.npz")) as d:
+      images = d["images"][:count]
+    rows.append(np.concatenate([np.pad(im[..., 0], 1, constant_values=255) for im in images], 1))
+  grid = np.concatenate(rows, 0)
+  image = Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST)
+  margin = 170
+  canvas = Image.new("L", (image.width + margin, image.height), 255)
+  canvas.paste(image, (margin, 0))
+  draw = ImageDraw.Draw(canvas)
+  row_height = image.height // len(names)
+  for i, name in enumerate(names):
+    draw.text((4, i * row_height + row_height // 2 - 5), name, fill=0)
+  canvas.save(path)
+  return path
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True)
@@ -262,6 +288,12 @@ def main():
   parser.add_argument("--only_points", action="store_true")
   parser.add_argument("--plot", default="")
   parser.add_argument("--table", action="store_true", help="only print the table (and plot)")
+  parser.add_argument(
+    "--samples_figure",
+    default="",
+    help="PNG: the first images of --samples_points (point names under OUT/points), one row each",
+  )
+  parser.add_argument("--samples_points", default="")
   parser.add_argument(
     "--fid_ancestral250",
     type=float,
@@ -327,6 +359,9 @@ def main():
   print(table(data["points"]))
   if args.plot:
     print("plot:", plot(data["points"], args.plot, floor=real_image_fid()))
+  if args.samples_figure:
+    names = args.samples_points.split(",")
+    print("samples:", sample_rows(args.out, names, args.samples_figure))
 
 
 if __name__ == "__main__":
