@@ -187,6 +187,9 @@ def sample_defaults() -> ml_collections.ConfigDict:
       solver_order=0,  # unipc: order 1 | 2 | 3 (0: 3 unguided, 2 guided)
       unipc_variant="",  # unipc: bh1 | bh2 ("": bh2)
       eta=0.0,  # DDIM noise (0: deterministic)
+      # ddim with classifier guidance: clip the guided x_0 as well (False: the reference's
+      # unclipped x_0, which saturates respacings that start at t = T - 1)
+      clip_guided=True,
       use_ema=True,  # sample with the EMA parameters
       ema_index=-1,  # which EMA rate (index into train.ema_rate)
       clip_denoised=True,  # clip the x_0 prediction to [-1, 1]

@@ -207,6 +207,7 @@ class Model:
       eta=float(options.get("eta", 0.0)),
       time_schedule=(point.get("schedule") or "logsnr") if solver else "time_uniform",
       thresholding=bool(int(options.get("thresholding", 0))),
+      clip_guided=bool(int(options.get("clip_guided", 1))),
     )
     scale = float(point["scale"])
     if scale and self.classifier is None:

@@ -151,6 +151,28 @@ def run_point(model, point, args, num, reference, log=print):
   }
 
 
+def save_point(path, model, reference, result):
+  """Adds `result` to the results file at `path` under a file lock, re-reading it first (other
+  processes may have added points since this one started); returns the merged results."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    data = nfe_lib.load_results(path) or {"model": {}, "feature_net": "fmnist_cnn_v1"}
+    key = (result["name"], result["num_samples"])
+    points = [p for p in data.get("points", []) if (p["name"], p["num_samples"]) != key]
+    data.update(model={**model, **data["model"]}, reference=reference, points=points + [result])
+    if (
+      (result["sampler"], result["nfe"], result["num_samples"]) == ("ddpm", 250, 1000)
+      and not result["options"]
+      and result["classifier_scale"] == 0
+    ):
+      data["model"]["fid_ancestral250_n1000"] = result["fid"]
+    nfe_lib.save_results(path, data)
+  return data
+
+
 def table(points, scales=None):
   lines = []
   for scale in sorted({p["classifier_scale"] for p in points}):
@@ -335,18 +357,7 @@ def main():
       data["reference"] = "fmnist_cnn_v1 statistics of the 10,000 Fashion-MNIST test images"
     print(f"{name} (N = {num})", flush=True)
     result = run_point(model, point, args, num, reference)
-    data["points"] = [p for p in data["points"] if (p["name"], p["num_samples"]) != (name, num)]
-    data["points"].append(result)
-    if (
-      result["sampler"] == "ddpm"
-      and result["nfe"] == 250
-      and num == 1000
-      and not point["options"]
-      and result["classifier_scale"] == 0
-    ):
-      data["model"]["fid_ancestral250_n1000"] = result["fid"]
-    os.makedirs(os.path.dirname(args.results), exist_ok=True)
-    nfe_lib.save_results(args.results, data)
+    data = save_point(args.results, data["model"], data["reference"], result)
     print(
       f"{name} N={num}: FID {result['fid']:.2f} P {result['precision']:.3f} R "
       f"{result['recall']:.3f} acc {result['accuracy']:.3f} "

@@ -69,9 +69,11 @@ def test_learned_sigma_needs_2c_channels():
 
 
 # ----------------------------------------------------------------- an exact "oracle" model
-def oracle_eps_model(gd, point):
+def oracle_eps_model(gd, point, noise_schedule="linear"):
   """The exact eps-predictor for data concentrated at one image `point` [H, W, C]."""
-  base = diffusion.create_gaussian_diffusion(steps=gd.original_num_steps, noise_schedule="linear")
+  base = diffusion.create_gaussian_diffusion(
+    steps=gd.original_num_steps, noise_schedule=noise_schedule
+  )
   abar = jnp.asarray(base.alphas_cumprod, jnp.float32)
 
   def model_fn(x, t, **unused):
@@ -285,6 +287,30 @@ def test_guidance_scale_zero_equals_unguided(sampler):
     cond_fn=guidance.classifier_cond_fn(lambda x, t: clf.apply({"params": clf_params}, x, t), 50.0),
   )
   assert np.abs(np.asarray(stronger) - np.asarray(plain)).max() > 1e-4
+
+
+def test_guided_ddim_from_t_max_keeps_x0_in_range_only_with_clip_guided():
+  """A cosine respacing that starts at t = T - 1 (alpha ~ 0.0064): the reference's guided x_0
+  (clip_guided False) carries sigma^2 / alpha ~ 156 times the classifier gradient, unclipped,
+  and its DDIM step to alpha ~ 0.08 throws x far out of range; clip_guided clips it as the
+  solvers do."""
+  gd = diffusion.create_gaussian_diffusion(
+    steps=1000, noise_schedule="cosine", timestep_respacing="20"
+  )
+  model_fn = oracle_eps_model(gd, POINT, "cosine")
+  cond_fn = lambda x, t, **unused: jnp.ones_like(x)  # a unit gradient of log p(y | x_t)
+  x = jax.random.normal(jax.random.key(2), SHAPE)
+  t = jnp.full((SHAPE[0],), gd.num_timesteps - 1)
+  ref = diffusion.ddim_sample(gd, model_fn, x, t, cond_fn=cond_fn)
+  clipped = diffusion.ddim_sample(gd, model_fn, x, t, cond_fn=cond_fn, clip_guided=True)
+  assert float(jnp.min(ref["pred_xstart"])) > 100  # x_0 = 156 * gradient + POINT, unclipped
+  np.testing.assert_array_equal(clipped["pred_xstart"], jnp.ones_like(x))
+  assert float(jnp.min(ref["sample"] - x)) > 10  # ~ 12.5 * gradient
+  assert float(jnp.max(jnp.abs(clipped["sample"] - x))) < 0.2
+  unguided = diffusion.ddim_sample(gd, model_fn, x, t, clip_guided=True)
+  np.testing.assert_array_equal(
+    unguided["sample"], diffusion.ddim_sample(gd, model_fn, x, t)["sample"]
+  )
 
 
 def test_classifier_free_guidance_mixes_in_one_call():

@@ -24,6 +24,7 @@ BASE = diffusion.create_gaussian_diffusion(steps=1000, noise_schedule="cosine", 
     ),
     (dict(name="ddpm", steps=10, eta=0.5), "eta=0.5 is DDIM's noise"),
     (dict(name="ddim", steps=10, thresholding=True), "thresholding is an option of the solvers"),
+    (dict(name="dpmpp_2m", steps=10, clip_guided=False), "is an option of sampler 'ddim'"),
   ],
 )
 def test_bad_sampler_specs_are_refused(spec, message):
@@ -90,3 +91,36 @@ def test_solver_sample_fn_equals_the_solver_loop():
     thresholding=True,
   )
   np.testing.assert_allclose(ours, direct, rtol=1e-6, atol=1e-6)
+
+
+def test_guided_ddim_takes_clip_guided_from_its_spec():
+  """SamplerSpec.clip_guided reaches DDIM's loop: the default clips the guided x_0, False
+  gives the reference's unclipped one (the step itself: test_diffusion_properties)."""
+  from adm_jax import guidance  # pylint: disable=g-import-not-at-top
+
+  def classifier_fn(scale, x, t):
+    del t
+    total = x.sum((1, 2, 3))
+    return jnp.stack([scale * total, -scale * total], -1)
+
+  labels, key = jnp.zeros((2,), jnp.int32), jax.random.PRNGKey(0)
+  process = diffusion.respaced(BASE, "10")
+  images = {}
+  for clip_guided in (True, False):
+    spec = sampling.SamplerSpec(name="ddim", steps=10, clip_guided=clip_guided)
+    fn = sampling.make_sample_fn(
+      _toy_apply, BASE, (4, 4, 1), spec, classifier_fn=classifier_fn, classifier_scale=1.0
+    )
+    images[clip_guided] = fn(jnp.float32(0.3), key, labels, 0.01)
+    direct = diffusion.ddim_sample_loop(
+      process,
+      lambda x, t, **kw: _toy_apply(0.3, x, t, None),
+      (2, 4, 4, 1),
+      key,
+      cond_fn=guidance.classifier_cond_fn(lambda x, t: classifier_fn(0.01, x, t), 1.0),
+      model_kwargs={"y": labels},
+      clip_guided=clip_guided,
+    )
+    np.testing.assert_allclose(images[clip_guided], direct, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(images[True], images[False], atol=1e-3)
+  assert "guided x_0 unclipped" in sampling.SamplerSpec("ddim", 10, clip_guided=False).describe()

@@ -85,17 +85,24 @@ def ddim_sample(
   denoised_fn=None,
   cond_fn=None,
   model_kwargs=None,
+  clip_guided: bool = False,
 ) -> Dict[str, Any]:
   """One DDIM step x_t -> x_{t-1} (eta = 0: deterministic; eta = 1: DDPM-like noise).
 
   With cond_fn, the score is shifted and x_0 recomputed (condition_score). The eps of
-  the update is re-derived from the (clipped) x_0 prediction.
+  the update is re-derived from the (clipped) x_0 prediction. The reference leaves the
+  guided x_0 unclipped (clip_guided False); clip_guided (with clip_denoised) clips it too, as
+  the solvers do: at t = T - 1 the guided x_0 carries sigma^2 / alpha times the classifier
+  gradient (~156 under the cosine schedule), which unclipped saturates the samples of
+  respacings that start there.
   """
   out = diffusion.p_mean_variance(
     model_fn, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs
   )
   if cond_fn is not None:
     out = diffusion.condition_score(cond_fn, out, x, t, model_kwargs)
+    if clip_guided and clip_denoised:
+      out = dict(out, pred_xstart=jnp.clip(out["pred_xstart"], -1.0, 1.0))
   eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
   abar = g.extract(diffusion.alphas_cumprod, t, x.ndim)
   abar_prev = g.extract(diffusion.alphas_cumprod_prev, t, x.ndim)
@@ -220,8 +227,10 @@ def ddim_sample_loop(
   cond_fn: Optional[Callable] = None,
   model_kwargs=None,
   progressive: bool = False,
+  clip_guided: bool = False,
 ):
-  """DDIM sampling from x_T (with eta = 0 the key is used only for x_T)."""
+  """DDIM sampling from x_T (with eta = 0 the key is used only for x_T); clip_guided: see
+  ddim_sample."""
   x_init, step_key = _initial_noise(key, shape, noise)
   if _is_static_zero(eta):
     step_key = None
@@ -238,6 +247,7 @@ def ddim_sample_loop(
       denoised_fn=denoised_fn,
       cond_fn=cond_fn,
       model_kwargs=model_kwargs,
+      clip_guided=clip_guided,
     )
 
   indices = jnp.arange(diffusion.num_timesteps - 1, -1, -1)

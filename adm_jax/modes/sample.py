@@ -100,6 +100,8 @@ def sampling_settings(config, step: int) -> Dict[str, Any]:
     "unipc_variant",
   )
   settings = {k: s[k] for k in keys}
+  if s.sampler == "ddim" and s.classifier_scale:
+    settings["clip_guided"] = s.clip_guided  # (keys only the runs it changes)
   m = config.model
   settings.update(checkpoint_step=step, image_shape=[m.image_size, m.image_size, m.in_channels])
   return settings

@@ -37,7 +37,8 @@ class SamplerSpec:
   ddim only). eta: DDIM's noise. time_schedule: the solvers' spacing of t (one of
   TIME_SCHEDULES); thresholding: the solvers' dynamic thresholding of x_0 (Imagen).
   unipc only: order 1..3 (0: 3, or 2 with guidance, at most steps: the authors' advice) and
-  variant "bh1" | "bh2" ("": "bh2").
+  variant "bh1" | "bh2" ("": "bh2"). clip_guided (ddim with classifier guidance): clip the
+  guided x_0 too (False: the reference's unclipped x_0; see diffusion.ddim_sample).
   """
 
   name: str = "ddpm"
@@ -48,6 +49,7 @@ class SamplerSpec:
   thresholding: bool = False
   order: int = 0
   variant: str = ""
+  clip_guided: bool = True
 
   def __post_init__(self):
     if self.name not in SAMPLERS:
@@ -69,6 +71,10 @@ class SamplerSpec:
       raise ValueError(f"sampler {self.name!r} needs steps >= 1 or a timestep_respacing")
     if self.eta and self.name != "ddim":
       raise ValueError(f"eta={self.eta} is DDIM's noise; sampler {self.name!r} does not take it")
+    if not self.clip_guided and self.name != "ddim":
+      raise ValueError(
+        f"clip_guided=False is an option of sampler 'ddim' (its guided x_0), not of {self.name!r}"
+      )
     if self.thresholding and not self.is_solver:
       raise ValueError(
         f"thresholding is an option of the solvers ({', '.join(SOLVERS)}), not of {self.name!r}"
@@ -90,7 +96,8 @@ class SamplerSpec:
   @classmethod
   def from_config(cls, section, prefix: str = "") -> "SamplerSpec":
     """The spec of a config section: `sample` (keys sampler, steps, timestep_respacing, eta,
-    time_schedule, thresholding, solver_order, unipc_variant) or `train` with prefix 'grid_'
+    time_schedule, thresholding, solver_order, unipc_variant, clip_guided) or `train` with
+    prefix 'grid_'
     (grid_sampler, grid_steps, ...); a field whose key the section lacks keeps its default."""
     keys = {"name": "sampler", "order": "solver_order", "variant": "unipc_variant"}
     values = {}
@@ -153,6 +160,8 @@ class SamplerSpec:
         f"schedule" + (", dynamic thresholding" if self.thresholding else "")
       )
     extra = f", eta {self.eta}" if self.name == "ddim" and self.eta else ""
+    if not self.clip_guided:
+      extra += ", guided x_0 unclipped"
     return f"{self.name} over respacing {self.respacing!r}{extra}"
 
 
@@ -218,7 +227,9 @@ def make_sample_fn(
         **kwargs,
       )
     if sampler.name == "ddim":
-      return diff.ddim_sample_loop(process, model_fn, shape, key, eta=sampler.eta, **kwargs)
+      return diff.ddim_sample_loop(
+        process, model_fn, shape, key, eta=sampler.eta, clip_guided=sampler.clip_guided, **kwargs
+      )
     return diff.p_sample_loop(process, model_fn, shape, key, **kwargs)
 
   return jax.jit(run, out_shardings=out_shardings)
