@@ -7,8 +7,9 @@ usage: python experiments/plateau_eval.py --workdir=W [--every 2000 | --steps 20
 For each checkpoint step (every kept checkpoint whose step is a multiple of --every, or --steps)
 and each point, --num samples with the fixed keys and labels of experiments/nfe_lib.py, scored
 with fmnist_cnn_v1 against the one reference statistics file (10,000 test images). Each batch
-and each finished (step, point) is saved at once (OUT/results.json, mirrored to
-experiments/results/plateau.json) and skipped when rerun. --watch keeps polling for new
+and each finished (step, point) is saved at once (OUT/results.json, merged into
+experiments/results/plateau.json under a lock: records of other runs and processes are kept)
+and skipped when rerun. --watch keeps polling for new
 checkpoints (for a training run in progress) until --until_step has been evaluated.
 """
 
@@ -29,6 +30,17 @@ def checkpoint_steps(workdir):
   if not os.path.isdir(directory):
     return []
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def record_key(record):
+  """What makes two records the same measurement (records of one run at one step)."""
+  return (
+    record.get("run"),
+    record["step"],
+    record["name"],
+    record["ema_rate"],
+    record["num_samples"],
+  )
 
 
 def evaluate(args, steps, results):
@@ -63,6 +75,7 @@ def evaluate(args, steps, results):
       )
       m = nfe_lib.score(images, labels, os.path.join(out_dir, f"eval_{args.num}.npz"), reference)
       record = {
+        "run": os.path.basename(os.path.normpath(args.workdir)),
         "step": step,
         "name": name,
         "ema_rate": model.ema_rate,
@@ -78,7 +91,7 @@ def evaluate(args, steps, results):
       }
       results.append(record)
       nfe_lib.save_results(os.path.join(args.out, "results.json"), results)
-      nfe_lib.save_results(args.mirror, results)
+      nfe_lib.add_result(args.mirror, record, record_key)
       print(
         f"step {step} {name}: FID {m['fid']:.2f} P {m['precision']:.3f} R {m['recall']:.3f} "
         f"acc {m.get('classifier_accuracy', 0):.3f}",

@@ -78,3 +78,29 @@ def test_ode_deficit_on_a_frozen_model_keeps_other_runs(tmp_path, monkeypatch):
   monkeypatch.setattr("sys.argv", argv + ["--step=1", "switch:3:1:anc_ddim"])
   with pytest.raises(SystemExit, match="holds only step"):
     ode_deficit.main()
+
+
+def _add_records(path, worker, count):
+  for i in range(count):
+    nfe_lib.add_result(path, {"worker": worker, "i": i}, lambda r: (r["worker"], r["i"]))
+
+
+def test_processes_sharing_one_results_file_keep_every_record(tmp_path):
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+
+  path = str(tmp_path / "results.json")
+  nfe_lib.save_results(path, [{"worker": "earlier run", "i": 0}])
+  context = multiprocessing.get_context("spawn")
+  workers = [context.Process(target=_add_records, args=(path, w, 25)) for w in ("a", "b")]
+  for w in workers:
+    w.start()
+  for w in workers:
+    w.join(60)
+    assert w.exitcode == 0
+  records = nfe_lib.load_results(path)
+  assert len(records) == 51 and {"worker": "earlier run", "i": 0} in records
+  # A record with the key of an existing one replaces it.
+  merged = nfe_lib.add_result(
+    path, {"worker": "a", "i": 3, "v": 1}, lambda r: (r["worker"], r["i"])
+  )
+  assert len(merged) == 51 and {"worker": "a", "i": 3, "v": 1} in merged
