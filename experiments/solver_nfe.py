@@ -214,40 +214,48 @@ def real_image_fid(num=1000):
   return sum(fids) / len(fids) if fids else None
 
 
+def curve_key(point):
+  """(sampler, time schedule) of a plotted curve; the respacings 'N' of DDIM and ancestral
+  sampling (one per NFE) are one curve."""
+  sched = point["time_schedule"]
+  return point["sampler"], ("respacing" if sched.startswith("respacing") else sched)
+
+
 def plot(points, path, floor=None):
-  """One panel per classifier scale: FID against NFE, one curve per sampler and time schedule;
-  `floor`: the FID of real images at the same N (a dotted line)."""
+  """One panel per classifier scale: FID against NFE, one curve per sampler and time schedule
+  (the same colour and style in every panel, one legend); `floor`: the FID of real images at the
+  same N (a dotted line)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  scales = sorted({p["classifier_scale"] for p in points})
-  fig, axes = plt.subplots(1, len(scales), figsize=(6 * len(scales), 4.8), squeeze=False)
+  rows = [
+    p
+    for p in points
+    if p["num_samples"] == 1000 and not {k for k in p["options"] if k != "respacing"}
+  ]
+  keys = sorted({curve_key(p) for p in rows}, key=lambda k: (k[0] != "ddpm", k))
+  colors = plt.get_cmap("tab10").colors
+  styles = {}
+  for i, (sampler, sched) in enumerate(k for k in keys if k[0] != "ddpm"):
+    label = LABELS.get(sampler, sampler) + (f" ({sched})" if sampler in SECOND_SCHEDULE else "")
+    dashed = sched == "time_uniform" and sampler in SECOND_SCHEDULE
+    styles[(sampler, sched)] = dict(
+      marker="o", ls="--" if dashed else "-", color=colors[i % len(colors)], label=label
+    )
+  styles[("ddpm", "respacing")] = dict(marker="s", ls=":", color="black", label="ancestral")
+  scales = sorted({p["classifier_scale"] for p in rows})
+  fig, axes = plt.subplots(1, len(scales), figsize=(5.2 * len(scales), 4.6), squeeze=False)
   for ax, scale in zip(axes[0], scales):
-    rows = [
-      p
-      for p in points
-      if p["classifier_scale"] == scale
-      and p["num_samples"] == 1000
-      and not {k for k in p["options"] if k != "respacing"}
-    ]
-    curves = sorted({(p["sampler"], p["time_schedule"]) for p in rows})
-    for sampler, sched in curves:
+    for key in keys:
       pts = sorted(
-        (p["nfe"], p["fid"])
-        for p in rows
-        if p["sampler"] == sampler and p["time_schedule"] == sched
+        (p["nfe"], p["fid"]) for p in rows if p["classifier_scale"] == scale and curve_key(p) == key
       )
-      label = LABELS.get(sampler, sampler)
-      if sampler == "dpmpp_2m" or sampler == "unipc":
-        label += f" ({sched})"
-      style = (
-        dict(marker="o", ls="-") if sampler != "ddpm" else dict(marker="s", ls="--", color="black")
-      )
-      ax.plot(*zip(*pts), label=label, **style)
+      if pts:
+        ax.plot(*zip(*pts), **styles[key])
     if floor is not None:
-      ax.axhline(floor, color="gray", ls=":", label="real training images (mean of 5 sets)")
+      ax.axhline(floor, color="gray", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([5, 10, 20, 50, 100, 250])
@@ -256,8 +264,13 @@ def plot(points, path, floor=None):
     ax.set_ylabel("FID (fmnist_cnn_v1, 10k test images)")
     ax.set_title(f"classifier scale {scale:g} (N = 1,000 per point)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-  fig.tight_layout()
+  handles = [plt.Line2D([], [], **styles[k]) for k in keys]
+  if floor is not None:
+    handles.append(
+      plt.Line2D([], [], color="gray", ls=":", label="real training images (mean of 5 sets)")
+    )
+  fig.legend(handles=handles, loc="center right", fontsize=8)
+  fig.tight_layout(rect=(0, 0, 0.83, 1))
   fig.savefig(path, dpi=110)
   return path
 

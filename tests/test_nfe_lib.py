@@ -1,6 +1,7 @@
 """The campaign's frozen model: a training workdir's checkpoint exported to one .npz and back."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -16,26 +17,36 @@ def _equal_trees(a, b):
   return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
-def test_export_round_trip(tmp_path):
-  workdir = tiny.trained_workdir()
-  model = nfe_lib.Model(workdir, step=2, ema_index=-1)
-  assert model.classifier is not None and model.step == 2
-  path = str(tmp_path / "frozen.npz")
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """The tiny trained workdir's step-2 model and classifier, and their export (one per module)."""
+  model = nfe_lib.Model(tiny.trained_workdir(), step=2, ema_index=-1)
+  path = str(tmp_path_factory.mktemp("frozen") / "frozen.npz")
   model.export(path)
+  return model, path
+
+
+def _copy(path, tmp_path):
+  copy = str(tmp_path / "frozen.npz")
+  shutil.copyfile(path, copy)
+  return copy
+
+
+def test_export_round_trip(exported):
+  model, path = exported
+  assert model.classifier is not None and model.step == 2
   frozen = nfe_lib.Model(path)
   assert (frozen.step, frozen.ema_rate) == (2, model.ema_rate)
   assert frozen.config.to_dict() == model.config.to_dict()
   assert _equal_trees(frozen.params, model.params)
   assert _equal_trees(frozen.clf_params, model.clf_params)
   # The newest checkpoint differs from step 2: the export froze the asked step.
-  newest = nfe_lib.Model(workdir, classifier=False)
+  newest = nfe_lib.Model(tiny.trained_workdir(), classifier=False)
   assert not _equal_trees(newest.params, frozen.params)
 
 
-def test_frozen_model_with_other_shapes_refused(tmp_path):
-  model = nfe_lib.Model(tiny.trained_workdir(), classifier=False)
-  path = str(tmp_path / "frozen.npz")
-  model.export(path)
+def test_frozen_model_with_other_shapes_refused(exported, tmp_path):
+  path = _copy(exported[1], tmp_path)
   with np.load(path) as d:
     arrays = {k: d[k] for k in d.files}
   meta = json.loads(str(arrays["meta"]))
@@ -104,3 +115,34 @@ def test_processes_sharing_one_results_file_keep_every_record(tmp_path):
     path, {"worker": "a", "i": 3, "v": 1}, lambda r: (r["worker"], r["i"])
   )
   assert len(merged) == 51 and {"worker": "a", "i": 3, "v": 1} in merged
+
+
+def test_solver_plot_draws_one_curve_per_sampler_and_schedule(tmp_path):
+  from experiments import solver_nfe  # pylint: disable=g-import-not-at-top
+
+  def point(sampler, nfe, schedule, scale=0.0, **options):
+    return dict(
+      sampler=sampler,
+      nfe=nfe,
+      time_schedule=schedule,
+      classifier_scale=scale,
+      num_samples=1000,
+      fid=10.0 / nfe,
+      options=options,
+    )
+
+  points = [point("ddim", n, f"respacing '{n}'", respacing=str(n)) for n in (5, 10, 20)]
+  points += [point("ddpm", n, f"respacing '{n}'", respacing=str(n)) for n in (25, 250)]
+  points += [point("dpmpp_2m", n, s) for n in (5, 10) for s in ("logsnr", "time_uniform")]
+  points += [point("ddim", 10, "respacing '10'", scale=1.0, respacing="10", clip_guided=False)]
+  assert {solver_nfe.curve_key(p) for p in points} == {
+    ("ddim", "respacing"),
+    ("ddpm", "respacing"),
+    ("dpmpp_2m", "logsnr"),
+    ("dpmpp_2m", "time_uniform"),
+  }
+  path = solver_nfe.plot(points, str(tmp_path / "fid_vs_nfe.png"), floor=0.75)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  with Image.open(path) as image:  # one panel: the scale-1 point has an option and is left out
+    assert image.size[0] < 1000
